@@ -1,0 +1,45 @@
+"""The one exception type a kernel operation raises: :class:`IOTLBError`.
+
+It subclasses :class:`OSError`, so ``.errno`` is the errno the kernel returns for the
+same failure (``EFAULT``, ``EEXIST``, ``EINVAL``, ``ENOMEM``, ``EPERM``, ``EOPNOTSUPP``,
+``ENOBUFS``, ``EBUSY``).  Programming errors (wrong types, values that are not u64) are
+plain ``TypeError`` / ``ValueError`` / ``OverflowError`` instead.
+
+>>> import errno
+>>> e = IOTLBError(errno.EFAULT, "no mapping", iova=0x1000)
+>>> e.errno == errno.EFAULT, e.iova
+(True, 4096)
+>>> isinstance(e, OSError)
+True
+"""
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = ["IOTLBError"]
+
+
+class IOTLBError(OSError):
+    """A failure with a kernel errno.
+
+    ``iova`` is set by ``translate`` to the first address that has no mapping (EFAULT)
+    or whose mapping lacks the access (EPERM); ``index`` is set by the batch forms to
+    the position of the failing item.  Both are ``None`` otherwise.
+    """
+
+    def __init__(self, errno: int, message: str, *, iova: int | None = None,
+                 index: int | None = None) -> None:
+        super().__init__(errno, message)
+        self.iova = iova
+        self.index = index
+
+    def __reduce__(self):
+        return (_rebuild, (self.errno, self.strerror, self.iova, self.index))
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        return f"[{name}] {self.strerror}"
+
+
+def _rebuild(errno, message, iova, index):
+    return IOTLBError(errno, message, iova=iova, index=index)

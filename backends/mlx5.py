@@ -1,0 +1,319 @@
+"""``mlx5``: the Mellanox/NVIDIA ConnectX vDPA net parent
+(drivers/vdpa/mlx5/net/mlx5_vnet.c, drivers/vdpa/mlx5/core/mr.c).
+
+Ops: ``set_map`` + ``reset_map`` + ``compat_reset`` (no ``dma_map``),
+``set_group_asid``, ``get_vq_desc_group`` (when the device has
+``desc_group_mkey_supported``), ``suspend``/``resume``.  ``MLX5_VDPA_NUM_AS = 2``;
+groups: data vqs 0, CVQ 1, data-vq descriptors 2 (``MLX5_VDPA_NUMVQ_GROUPS = 3``).
+vhost-vdpa uses its PA path (``use_va`` is false): every mapping is pinned.
+
+Device state, per ASID: ``mres.mr[asid]`` -- ``None`` (no access), a *DMA MR* (the
+physical identity mkey) or a *user MR* built from an entire IOTLB (it keeps a copy of
+that IOTLB, ``mr->iotlb``); ``group2asid[]``; and ``cvq.iotlb``, the private copy the
+software control queue translates through (:attr:`Mlx5.cvq_iotlb`).
+
+>>> import iotlb
+>>> from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, is_identity
+>>> dev = Mlx5()                       # umem_uid_0: AS 0 starts with the DMA MR
+>>> dev.mr_kind(0), dev.mr_kind(1), is_identity(dev.cvq_iotlb)
+('dma', None, True)
+>>> t = iotlb.IOTLB(); t.map(0x1000, 0x1fff, 0x40000)
+>>> dev.set_map(0, t); dev.mr_kind(0), len(dev.cvq_iotlb)
+('user', 1)
+>>> dev.set_map(0, iotlb.IOTLB()); dev.mr_kind(0)   # empty IOTLB: no MR, not the DMA MR
+>>> dev.compat_reset(VDPA_RESET_F_CLEAN_MAP); dev.mr_kind(0)
+'dma'
+"""
+from __future__ import annotations
+
+import errno
+from typing import Optional
+
+import iotlb
+from iotlb import U64_MAX, IOTLBError, Perm
+from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend
+
+__all__ = ["Mlx5", "MLX5_VDPA_NUM_AS", "DATAVQ_GROUP", "CVQ_GROUP", "DATAVQ_DESC_GROUP"]
+
+MLX5_VDPA_NUM_AS = 2
+DATAVQ_GROUP = 0
+CVQ_GROUP = 1
+DATAVQ_DESC_GROUP = 2
+MLX5_VDPA_NUMVQ_GROUPS = 3
+
+
+class _MR:
+    """A memory region (``struct mlx5_vdpa_mr``): ``kind`` is ``"dma"`` or ``"user"``;
+    ``iotlb`` is ``mr->iotlb`` (identity for the DMA MR)."""
+
+    __slots__ = ("kind", "iotlb")
+
+    def __init__(self, kind: str, tlb) -> None:
+        self.kind = kind
+        self.iotlb = tlb
+
+
+def _dup_iotlb(dst, src) -> None:
+    """``dup_iotlb``: a NULL source is the identity ``[0, ULLONG_MAX]`` RW; otherwise
+    every entry is copied (``add_range_ctx``, opaque kept)."""
+    if src is None:
+        dst.map(0, U64_MAX, 0, Perm.RW)
+        return
+    for m in src:
+        dst.map(m.start, m.last, m.addr, m.perm, m.ctx)
+
+
+class Mlx5(Backend):
+    """The mlx5 vDPA net parent.
+
+    Options: ``nas=2``, ``ngroups=3``, ``nvqs=3`` (one queue pair + CVQ; the CVQ is
+    the last vq when ``nvqs`` is odd, i.e. ``is_ctrl_vq_idx`` with CTRL_VQ
+    negotiated), ``iova_range=(0, U64_MAX)``, ``umem_uid_0=True`` (the device
+    capability that makes the driver create a DMA MR for AS 0 at creation and after
+    a CLEAN_MAP reset or ``reset_map(0)``), ``desc_group=True``
+    (``desc_group_mkey_supported``: ``get_vq_desc_group`` present, so DESC_ASID is
+    offered), ``resume=True`` (``freeze_to_rdy_supported``: ``resume`` present).
+
+    >>> Mlx5(umem_uid_0=False).mr_kind(0) is None
+    True
+    >>> getattr(Mlx5(desc_group=False), "get_vq_desc_group", None) is None
+    True
+    """
+
+    def __init__(self, *, nas: int = MLX5_VDPA_NUM_AS, ngroups: int = MLX5_VDPA_NUMVQ_GROUPS,
+                 nvqs: int = 3, iova_range=(0, U64_MAX), umem_uid_0: bool = True,
+                 desc_group: bool = True, resume: bool = True) -> None:
+        super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
+                         use_va=False)
+        if desc_group and self.ngroups <= DATAVQ_DESC_GROUP:
+            raise ValueError(f"desc_group=True needs ngroups >= 3 (data-vq descriptor "
+                             f"group is {DATAVQ_DESC_GROUP}), got ngroups={self.ngroups}")
+        if self.ngroups <= CVQ_GROUP and self.cvq_index is not None:
+            raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={self.ngroups}")
+        self.umem_uid_0 = bool(umem_uid_0)
+        # Ops the hardware lacks are NULLed in the op table, as mlx5_vdpa_dev_add does
+        # with mgtdev->vdpa_ops (get_vq_desc_group without desc_group_mkey_supported,
+        # resume without freeze_to_rdy_supported): here, an instance attribute None.
+        if not desc_group:
+            self.get_vq_desc_group = None
+        if not resume:
+            self.resume = None
+        self._mr: list = [None] * self.nas
+        self._group2asid = [0] * self.ngroups
+        self._cvq = iotlb.IOTLB()
+        #: True between ``suspend()`` and ``resume()``/reset (``mvdev->suspended``).
+        self.suspended = False
+        self.generation = 0
+        # mlx5_vdpa_dev_add: a DMA MR for AS 0 when the device has umem_uid_0.
+        if self.umem_uid_0:
+            self._create_dma_mr()
+
+    # ------------------------------------------------------------------ MR helpers
+    @property
+    def cvq_index(self) -> Optional[int]:
+        """Index of the control vq, or None (even ``nvqs``: no CVQ).
+
+        >>> Mlx5().cvq_index
+        2
+        """
+        return self.nvqs - 1 if self.nvqs % 2 == 1 else None
+
+    def _update_mr(self, mr: Optional[_MR], asid: int) -> None:
+        """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old."""
+        self._mr[asid] = mr
+
+    def _update_cvq_iotlb(self, src, asid: int) -> None:
+        """``mlx5_vdpa_update_cvq_iotlb``: only when the CVQ group is bound to
+        ``asid``: prune ``cvq.iotlb`` and ``dup_iotlb(src)`` into it (NULL src =
+        identity)."""
+        if self._group2asid[CVQ_GROUP] != asid:
+            return
+        self._cvq.unmap()
+        _dup_iotlb(self._cvq, src)
+
+    def _create_dma_mr(self) -> None:
+        """``mlx5_vdpa_create_dma_mr``: AS 0 gets the DMA (identity) MR, and the CVQ
+        iotlb becomes identity if the CVQ group is bound to AS 0."""
+        tlb = iotlb.IOTLB()
+        _dup_iotlb(tlb, None)
+        self._update_mr(_MR("dma", tlb), 0)
+        self._update_cvq_iotlb(None, 0)
+
+    def _clean_mrs(self) -> None:
+        """``mlx5_vdpa_clean_mrs``: drop the MR of every AS, prune ``cvq.iotlb``."""
+        for asid in range(self.nas):
+            self._update_mr(None, asid)
+        self._cvq.unmap()
+
+    # ------------------------------------------------------------------ mapping
+    def set_map(self, asid: int, iotlb_) -> None:
+        """``mlx5_vdpa_set_map`` → ``set_map_data``: ``asid >= 2`` is EINVAL; a
+        non-empty IOTLB becomes a new user MR built from the *entire* IOTLB (its
+        copy kept as ``mr->iotlb``); an empty one installs no MR (access cleared, no
+        fallback to the DMA MR).  Then ``update_cvq_iotlb(iotlb, asid)``.
+
+        >>> import iotlb
+        >>> dev = Mlx5(); src = iotlb.IOTLB(); src.map(0, 0xfff, 0x3000)
+        >>> dev.set_map(1, src); src.unmap(); dev.mr_kind(1), len(dev.device_iotlb(1))
+        1
+        ('user', 1)
+        """
+        self._check_op_asid("set_map", asid)
+        if iotlb_.first(0, U64_MAX) is not None:
+            tlb = iotlb.IOTLB()
+            _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
+            new_mr: Optional[_MR] = _MR("user", tlb)
+        else:
+            new_mr = None
+        # update_mr (no old MR) or change_map (suspend vqs, swap, resume): same state.
+        self._update_mr(new_mr, asid)
+        self._update_cvq_iotlb(iotlb_, asid)
+
+    def reset_map(self, asid: int) -> None:
+        """``mlx5_vdpa_reset_map`` → ``mlx5_vdpa_reset_mr``: ``asid >= 2`` is EINVAL;
+        drop ``mr[asid]``; for AS 0 with ``umem_uid_0`` create the DMA MR (+ CVQ
+        identity if the CVQ is on AS 0), otherwise ``update_cvq_iotlb(NULL, asid)``
+        (CVQ identity if the CVQ is on ``asid``).
+
+        >>> import iotlb
+        >>> dev = Mlx5(); t = iotlb.IOTLB(); t.map(0, 0xfff, 0)
+        >>> dev.set_map(1, t); dev.reset_map(1); dev.mr_kind(1) is None
+        True
+        """
+        self._check_op_asid("reset_map", asid)
+        self._update_mr(None, asid)
+        if asid == 0 and self.umem_uid_0:
+            self._create_dma_mr()
+        else:
+            self._update_cvq_iotlb(None, asid)
+
+    # ------------------------------------------------------------------ reset
+    def compat_reset(self, flags: int) -> None:
+        """``mlx5_vdpa_compat_reset(flags)``: tear down vqs; with CLEAN_MAP drop every
+        MR and prune the CVQ iotlb; clear status; every group back to AS 0; with
+        CLEAN_MAP and ``umem_uid_0`` create the DMA MR for AS 0 (CVQ iotlb identity).
+
+        >>> import iotlb
+        >>> dev = Mlx5(umem_uid_0=False); t = iotlb.IOTLB(); t.map(0, 0xfff, 0)
+        >>> dev.set_map(0, t); dev.compat_reset(1); dev.mr_kind(0), len(dev.cvq_iotlb)
+        (None, 0)
+        """
+        if flags & VDPA_RESET_F_CLEAN_MAP:
+            self._clean_mrs()
+        self._status = 0
+        self.suspended = False
+        self._group2asid = [0] * self.ngroups      # init_group_to_asid_map
+        self.generation += 1
+        if flags & VDPA_RESET_F_CLEAN_MAP and self.umem_uid_0:
+            self._create_dma_mr()
+
+    def reset(self) -> None:
+        """``mlx5_vdpa_reset`` = ``compat_reset(0)``: MRs and CVQ iotlb kept,
+        group2asid reset.
+
+        >>> dev = Mlx5(); dev.set_group_asid(1, 1); dev.reset(); dev.group_asid(1)
+        0
+        """
+        self.compat_reset(0)
+
+    # ------------------------------------------------------------------ groups
+    def _is_ctrl_vq(self, vq: int) -> bool:
+        return vq == self.cvq_index
+
+    def get_vq_group(self, vq: int) -> int:
+        """``mlx5_vdpa_get_vq_group``: the CVQ is group 1, data vqs group 0.
+
+        >>> [Mlx5().get_vq_group(vq) for vq in range(3)]
+        [0, 0, 1]
+        """
+        self._check_vq(vq)
+        return CVQ_GROUP if self._is_ctrl_vq(vq) else DATAVQ_GROUP
+
+    def get_vq_desc_group(self, vq: int) -> int:
+        """``mlx5_vdpa_get_vq_desc_group``: CVQ → group 1, data vqs → group 2.
+
+        >>> [Mlx5().get_vq_desc_group(vq) for vq in range(3)]
+        [2, 2, 1]
+        """
+        self._check_vq(vq)
+        return CVQ_GROUP if self._is_ctrl_vq(vq) else DATAVQ_DESC_GROUP
+
+    def set_group_asid(self, group: int, asid: int) -> None:
+        """``mlx5_set_group_asid``: ``group >= ngroups`` is EINVAL; record
+        ``group2asid[group] = asid``; for the CVQ group, if ``mr[asid]`` exists, copy
+        its IOTLB into the CVQ iotlb.  (``asid >= nas`` is EINVAL here too; vhost
+        checks it before calling.)
+
+        >>> import iotlb
+        >>> dev = Mlx5(); t = iotlb.IOTLB(); t.map(0, 0xfff, 0x2000)
+        >>> dev.set_map(1, t); dev.set_group_asid(1, 1); [hex(m.addr) for m in dev.cvq_iotlb]
+        ['0x2000']
+        """
+        if type(group) is not int or group < 0:
+            raise TypeError(f"set_group_asid: group must be a non-negative int, got {group!r}")
+        if group >= self.ngroups:
+            raise IOTLBError(errno.EINVAL,
+                             f"set_group_asid: group {group} >= ngroups {self.ngroups}")
+        self._check_op_asid("set_group_asid", asid)
+        self._group2asid[group] = asid
+        mr = self._mr[asid]
+        if group == CVQ_GROUP and mr is not None:
+            self._update_cvq_iotlb(mr.iotlb, asid)
+
+    def group_asid(self, group: int) -> int:
+        """``group2asid[group]``.
+
+        >>> Mlx5().group_asid(2)
+        0
+        """
+        self._check_group(group)
+        return self._group2asid[group]
+
+    # ------------------------------------------------------------------ misc ops
+    def suspend(self) -> None:
+        """``mlx5_vdpa_suspend``: suspend every vq (``suspended = True``).
+
+        >>> dev = Mlx5(); dev.suspend(); dev.suspended
+        True
+        """
+        self.suspended = True
+
+    def resume(self) -> None:
+        """``mlx5_vdpa_resume``: ``suspended = False``.
+
+        >>> dev = Mlx5(); dev.suspend(); dev.resume(); dev.suspended
+        False
+        """
+        self.suspended = False
+
+    # ------------------------------------------------------------------ observation
+    def device_iotlb(self, asid: int) -> iotlb.IOTLB:
+        """What ``mr[asid]`` translates: empty (no MR), identity (DMA MR) or the user
+        MR's copy of the IOTLB it was built from.
+
+        >>> len(Mlx5().device_iotlb(0)), len(Mlx5().device_iotlb(1))
+        (2, 0)
+        """
+        self._check_asid(asid)
+        mr = self._mr[asid]
+        return iotlb.IOTLB() if mr is None else mr.iotlb.copy()
+
+    def mr_kind(self, asid: int) -> Optional[str]:
+        """``None`` (no MR), ``"dma"`` or ``"user"``.
+
+        >>> Mlx5().mr_kind(0)
+        'dma'
+        """
+        self._check_asid(asid)
+        mr = self._mr[asid]
+        return None if mr is None else mr.kind
+
+    @property
+    def cvq_iotlb(self) -> iotlb.IOTLB:
+        """A snapshot of ``cvq.iotlb``, what the software CVQ translates through.
+
+        >>> len(Mlx5(umem_uid_0=False).cvq_iotlb)
+        0
+        """
+        return self._cvq.copy()
+

@@ -1,0 +1,334 @@
+"""``vdpa_sim``: the vDPA device simulator parent (drivers/vdpa/vdpa_sim/vdpa_sim.c).
+
+Per address space the simulator keeps ``iommu[asid]`` (a vhost_iotlb, limit 2048
+without RETIRE, so the limit is not enforced) and a passthrough flag
+``iommu_pt[asid]``.  Every AS starts as the identity mapping with ``pt`` set, and every
+vring starts bound to AS 0.
+
+Two op tables, chosen by the ``batch_mapping`` module parameter (default 1):
+``set_map`` (:class:`VdpaSimSetMap`) or ``dma_map``/``dma_unmap``
+(:class:`VdpaSimDmaMap`).  ``VdpaSim(batch_mapping=...)`` returns an instance of the
+right one, so the other table's ops are truly absent.  Both have ``reset``,
+``compat_reset``, ``reset_map``, ``set_group_asid``, ``suspend``, ``resume`` and offer
+``ENABLE_AFTER_DRIVER_OK``.
+
+>>> import iotlb
+>>> from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, is_identity
+>>> sim = VdpaSim()
+>>> is_identity(sim.device_iotlb(0)), sim.iommu_pt(0)
+(True, True)
+>>> t = iotlb.IOTLB(); t.map(0x1000, 0x1fff, 0x7000)
+>>> sim.set_map(0, t)                       # whole-IOTLB replacement, pt cleared
+>>> [(hex(m.start), hex(m.addr)) for m in sim.device_iotlb(0)], sim.iommu_pt(0)
+([('0x1000', '0x7000')], False)
+>>> sim.compat_reset(VDPA_RESET_F_CLEAN_MAP)  # back to identity on every AS
+>>> is_identity(sim.device_iotlb(0))
+True
+"""
+from __future__ import annotations
+
+import errno
+
+import iotlb
+from iotlb import U64_MAX, IOTLBError, Perm
+from iotlb.backend import BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend
+
+__all__ = ["VdpaSim", "VdpaSimSetMap", "VdpaSimDmaMap", "MAX_IOTLB_ENTRIES"]
+
+#: ``max_iotlb_entries`` module parameter: the per-AS limit, created without RETIRE
+#: (so, as in the kernel, it is recorded but not enforced).
+MAX_IOTLB_ENTRIES = 2048
+
+#: vq 2 is the control queue of the simulated net device, in group 1
+#: (``vdpasim_get_vq_group``: "RX and TX belongs to group 0, CVQ belongs to group 1").
+CVQ_INDEX = 2
+CVQ_GROUP = 1
+
+
+class VdpaSim(Backend):
+    """The simulator; ``VdpaSim(...)`` returns a :class:`VdpaSimSetMap` (default,
+    ``batch_mapping=True``) or a :class:`VdpaSimDmaMap` (``batch_mapping=False``).
+
+    Options: ``nas=2, ngroups=2, nvqs=3`` (vdpasim_net), ``iova_range=(0, U64_MAX)``,
+    ``use_va=True`` (module parameter; vhost-vdpa then uses its VA path, no pinning),
+    ``batch_mapping=True``.
+
+    Subclassing works for tests: a subclass of ``VdpaSim`` gets the table mixed in
+    according to ``batch_mapping``; a subclass of ``VdpaSimSetMap``/``VdpaSimDmaMap``
+    keeps its own table.
+
+    >>> import errno, iotlb
+    >>> class NoMem(VdpaSim):
+    ...     def dma_map(self, asid, iova, size, pa, perm, opaque):
+    ...         raise iotlb.IOTLBError(errno.ENOMEM, "injected")
+    >>> b = NoMem(batch_mapping=False)
+    >>> isinstance(b, NoMem), getattr(b, "set_map", None)
+    (True, None)
+    """
+
+    _tables: dict = {}
+
+    def __new__(cls, *args, batch_mapping=None, **options):
+        if cls is VdpaSim or not issubclass(cls, (VdpaSimSetMap, VdpaSimDmaMap)):
+            table = VdpaSimSetMap if batch_mapping is None or batch_mapping else VdpaSimDmaMap
+            if cls is not VdpaSim:
+                key = (cls, table)
+                mixed = VdpaSim._tables.get(key)
+                if mixed is None:
+                    mixed = type(cls.__name__, (cls, table),
+                                 {"__module__": cls.__module__,
+                                  "__qualname__": cls.__qualname__})
+                    VdpaSim._tables[key] = mixed
+                table = mixed
+            cls = table
+        elif batch_mapping is not None and bool(batch_mapping) != issubclass(cls, VdpaSimSetMap):
+            style = "set_map" if issubclass(cls, VdpaSimSetMap) else "dma_map"
+            raise ValueError(f"{cls.__name__} is the {style} op table; "
+                             f"batch_mapping={batch_mapping!r} contradicts it")
+        return object.__new__(cls)
+
+    def __init__(self, *, nas: int = 2, ngroups: int = 2, nvqs: int = 3,
+                 iova_range=(0, U64_MAX), use_va: bool = True,
+                 batch_mapping: bool = True) -> None:
+        super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
+                         use_va=use_va)
+        self.batch_mapping = isinstance(self, VdpaSimSetMap)
+        # vdpasim_create: every AS = identity, pt = true; every vring bound to AS 0.
+        self._iommu = []
+        for _ in range(self.nas):
+            tlb = iotlb.IOTLB(MAX_IOTLB_ENTRIES)
+            tlb.map(0, U64_MAX, 0, Perm.RW)
+            self._iommu.append(tlb)
+        self._pt = [True] * self.nas
+        self._vring_asid = [0] * self.nvqs
+        #: False between ``suspend()`` and ``resume()``/reset (``vdpasim->running``).
+        self.running = True
+        #: config generation, bumped by every reset.
+        self.generation = 0
+
+    # ------------------------------------------------------------------ reset
+    def _do_reset(self, flags: int) -> None:
+        """``vdpasim_do_reset``: reset every vq and rebind it to ``iommu[0]``; with
+        CLEAN_MAP every AS back to identity with ``pt`` set."""
+        for vq in range(self.nvqs):
+            self._vring_asid[vq] = 0
+        if flags & VDPA_RESET_F_CLEAN_MAP:
+            for asid in range(self.nas):
+                self._identity(asid)
+        self.running = True
+        self._status = 0
+        self.generation += 1
+
+    def _identity(self, asid: int) -> None:
+        tlb = self._iommu[asid]
+        tlb.unmap()
+        tlb.map(0, U64_MAX, 0, Perm.RW)
+        self._pt[asid] = True
+
+    def reset(self) -> None:
+        """``vdpasim_reset`` = ``compat_reset(0)``: vrings back to AS 0, maps kept.
+
+        >>> b = VdpaSim(); b.set_group_asid(1, 1); b.reset(); b.group_asid(1)
+        0
+        """
+        self._do_reset(0)
+
+    def compat_reset(self, flags: int) -> None:
+        """``vdpasim_compat_reset(flags)``: as :meth:`reset`; with
+        ``VDPA_RESET_F_CLEAN_MAP`` every AS becomes identity with ``pt`` set.
+
+        >>> import iotlb
+        >>> b = VdpaSim(); b.set_map(1, iotlb.IOTLB()); len(b.device_iotlb(1))
+        0
+        >>> b.compat_reset(1); len(b.device_iotlb(1)), b.iommu_pt(1)
+        (2, True)
+        """
+        self._do_reset(flags)
+
+    def reset_map(self, asid: int) -> None:
+        """``vdpasim_reset_map``: ``asid >= nas`` is EINVAL; a no-op when ``pt`` is
+        already set; otherwise the AS becomes identity with ``pt`` set.
+
+        >>> import iotlb
+        >>> b = VdpaSim(); b.set_map(0, iotlb.IOTLB()); b.reset_map(0)
+        >>> len(b.device_iotlb(0)), b.iommu_pt(0)
+        (2, True)
+        """
+        self._check_op_asid("reset_map", asid)
+        if self._pt[asid]:
+            return
+        self._identity(asid)
+
+    # ------------------------------------------------------------------ groups
+    def get_vq_group(self, vq: int) -> int:
+        """``vdpasim_get_vq_group``: vq 2 (the CVQ) is group 1, the others group 0.
+
+        >>> [VdpaSim().get_vq_group(vq) for vq in range(3)]
+        [0, 0, 1]
+        """
+        self._check_vq(vq)
+        return CVQ_GROUP if vq == CVQ_INDEX else 0
+
+    def set_group_asid(self, group: int, asid: int) -> None:
+        """``vdpasim_set_group_asid``: ``group > ngroups`` is EINVAL (sic: ``>``, so
+        ``group == ngroups`` is accepted and matches no vq), ``asid >= nas`` is
+        EINVAL; then every vring of ``group`` is rebound to ``iommu[asid]``.  No
+        mapping changes.
+
+        >>> b = VdpaSim(); b.set_group_asid(1, 1); b.group_asid(1), b.vring_asid(2)
+        (1, 1)
+        >>> b.set_group_asid(2, 0)           # group == ngroups slips through
+        >>> b.set_group_asid(3, 0)
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [EINVAL] set_group_asid: group 3 > ngroups 2
+        """
+        if type(group) is not int or group < 0:
+            raise TypeError(f"set_group_asid: group must be a non-negative int, got {group!r}")
+        if group > self.ngroups:
+            raise IOTLBError(errno.EINVAL,
+                             f"set_group_asid: group {group} > ngroups {self.ngroups}")
+        self._check_op_asid("set_group_asid", asid)
+        for vq in range(self.nvqs):
+            if self.get_vq_group(vq) == group:
+                self._vring_asid[vq] = asid
+
+    def group_asid(self, group: int) -> int:
+        """The AS the vrings of ``group`` are bound to (the lowest such vq; 0 for a
+        group with no vq).  vdpa_sim keeps the binding per vring, not per group.
+
+        >>> VdpaSim().group_asid(1)
+        0
+        """
+        self._check_group(group)
+        for vq in range(self.nvqs):
+            if self.get_vq_group(vq) == group:
+                return self._vring_asid[vq]
+        return 0
+
+    def vring_asid(self, vq: int) -> int:
+        """The AS vring ``vq`` translates through (``vringh_set_iotlb`` target).
+
+        >>> VdpaSim().vring_asid(0)
+        0
+        """
+        if type(vq) is not int or not 0 <= vq < self.nvqs:
+            raise ValueError(f"vq must be in 0..{self.nvqs - 1}, got {vq!r}")
+        return self._vring_asid[vq]
+
+    # ------------------------------------------------------------------ misc ops
+    def suspend(self) -> None:
+        """``vdpasim_suspend``: stop processing (``running = False``).
+
+        >>> b = VdpaSim(); b.suspend(); b.running
+        False
+        """
+        self.running = False
+
+    def resume(self) -> None:
+        """``vdpasim_resume``: ``running = True``.
+
+        >>> b = VdpaSim(); b.suspend(); b.resume(); b.running
+        True
+        """
+        self.running = True
+
+    def get_backend_features(self) -> int:
+        """``vdpasim_get_backend_features``: ENABLE_AFTER_DRIVER_OK (``1 << 6``).
+
+        >>> VdpaSim().get_backend_features()
+        64
+        """
+        return BACKEND_F_ENABLE_AFTER_DRIVER_OK
+
+    # ------------------------------------------------------------------ observation
+    def device_iotlb(self, asid: int) -> iotlb.IOTLB:
+        """A snapshot of ``iommu[asid]``.
+
+        >>> len(VdpaSim().device_iotlb(1))
+        2
+        """
+        self._check_asid(asid)
+        return self._iommu[asid].copy()
+
+    def iommu_pt(self, asid: int) -> bool:
+        """The passthrough flag ``iommu_pt[asid]``.
+
+        >>> VdpaSim().iommu_pt(0)
+        True
+        """
+        self._check_asid(asid)
+        return self._pt[asid]
+
+
+class VdpaSimSetMap(VdpaSim):
+    """``vdpasim_batch_config_ops`` (``batch_mapping=1``): ``set_map``, no
+    ``dma_map``/``dma_unmap``.
+
+    >>> type(VdpaSim()).__name__
+    'VdpaSimSetMap'
+    """
+
+    def set_map(self, asid: int, iotlb_) -> None:
+        """``vdpasim_set_map``: ``asid >= nas`` is EINVAL; wipe the AS, clear ``pt``,
+        copy every entry of ``iotlb_`` (ascending).  An empty source leaves the AS
+        empty (not identity).  A copy error wipes the AS again and is raised.
+
+        >>> import iotlb
+        >>> b = VdpaSim(); src = iotlb.IOTLB(); src.map(0, 0xfff, 0x5000)
+        >>> b.set_map(1, src); src.unmap(); len(b.device_iotlb(1))
+        1
+        1
+        """
+        self._check_op_asid("set_map", asid)
+        tlb = self._iommu[asid]
+        tlb.unmap()
+        self._pt[asid] = False
+        try:
+            for m in iotlb_:
+                tlb.map(m.start, m.last, m.addr, m.perm)
+        except BaseException:
+            tlb.unmap()
+            raise
+
+
+class VdpaSimDmaMap(VdpaSim):
+    """``vdpasim_config_ops`` (``batch_mapping=0``): ``dma_map``/``dma_unmap``, no
+    ``set_map``.
+
+    >>> type(VdpaSim(batch_mapping=False)).__name__
+    'VdpaSimDmaMap'
+    """
+
+    def dma_map(self, asid: int, iova: int, size: int, pa: int, perm: int,
+                opaque=None) -> None:
+        """``vdpasim_dma_map``: ``asid >= nas`` is EINVAL; if ``pt`` is set the AS is
+        wiped first and ``pt`` cleared; then ``add_range_ctx`` (no overlap check).
+
+        >>> b = VdpaSim(batch_mapping=False)
+        >>> b.dma_map(0, 0x1000, 0x1000, 0x8000, 3, None)
+        >>> [(hex(m.start), hex(m.last)) for m in b.device_iotlb(0)]
+        [('0x1000', '0x1fff')]
+        """
+        self._check_op_asid("dma_map", asid)
+        tlb = self._iommu[asid]
+        if self._pt[asid]:
+            tlb.unmap()
+            self._pt[asid] = False
+        tlb.map(iova, (iova + size - 1) & U64_MAX, pa, perm, opaque)
+
+    def dma_unmap(self, asid: int, iova: int, size: int) -> None:
+        """``vdpasim_dma_unmap``: ``asid >= nas`` is EINVAL; if ``pt`` is set the AS
+        is wiped and ``pt`` cleared (so the first unmap after a CLEAN_MAP reset
+        leaves the AS *empty*); then ``del_range(iova, iova + size - 1)``.
+
+        >>> b = VdpaSim(batch_mapping=False)
+        >>> b.dma_unmap(0, 0x1000, 0x1000); len(b.device_iotlb(0)), b.iommu_pt(0)
+        (0, False)
+        """
+        self._check_op_asid("dma_unmap", asid)
+        tlb = self._iommu[asid]
+        if self._pt[asid]:
+            tlb.unmap()
+            self._pt[asid] = False
+        tlb.unmap(iova, (iova + size - 1) & U64_MAX)

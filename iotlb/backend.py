@@ -1,0 +1,605 @@
+"""The parent-driver plugin contract (``struct vdpa_config_ops``) and its registry.
+
+A *backend* models one vDPA parent driver: what the device translates, per address
+space (ASID), and how that changes when vhost-vdpa maps, unmaps, resets and releases.
+The device model :class:`iotlb.vdpa.VhostVdpa` drives a backend exactly the way
+``drivers/vhost/vdpa.c`` drives a parent: it looks each op up on the backend
+*instance* (``getattr(backend, "reset_map", None)``) and branches on its presence,
+so **an op a backend does not support is simply not defined** -- the Python twin of
+a NULL pointer in ``struct vdpa_config_ops``.  :class:`Backend` therefore defines
+only the ops every parent must have; the optional ones (:data:`OPTIONAL_OPS`) are
+left to subclasses.
+
+Backends are found through the entry-point group ``iotlb.backends``
+(:data:`ENTRY_POINT_GROUP`); :func:`load_backend` is exactly ``BackendClass(**options)``
+for the class registered under a name, :func:`available_backends` lists what is
+installed, :func:`broken_backends` what failed to load and why, and :func:`register`
+adds a class for this process only (tests, notebooks).
+
+>>> import iotlb
+>>> from iotlb.backend import load_backend, mapping_style
+>>> sim = load_backend("vdpa_sim")
+>>> mapping_style(sim), sim.nas, sim.use_va
+('set_map', 2, True)
+>>> getattr(sim, "dma_map", None) is None      # an absent op, like a NULL pointer
+True
+>>> "platform_iommu" in iotlb.available_backends()
+True
+"""
+from __future__ import annotations
+
+import abc
+import errno
+import inspect
+import logging
+import sys
+import threading
+from typing import Dict, Iterable, Optional, Tuple
+
+from . import IOTLB, U64_MAX, IOTLBError, Perm
+from .wire import BackendFeature
+
+__all__ = [
+    "Backend", "ENTRY_POINT_GROUP", "VDPA_RESET_F_CLEAN_MAP",
+    "BACKEND_F_IOTLB_MSG_V2", "BACKEND_F_IOTLB_BATCH", "BACKEND_F_IOTLB_ASID",
+    "BACKEND_F_SUSPEND", "BACKEND_F_RESUME", "BACKEND_F_ENABLE_AFTER_DRIVER_OK",
+    "BACKEND_F_DESC_ASID", "BACKEND_F_IOTLB_PERSIST",
+    "REQUIRED_OPS", "OPTIONAL_OPS", "MAPPING_OPS", "PLATFORM_OPS",
+    "UnknownBackendError",
+    "load_backend", "available_backends", "broken_backends", "refresh",
+    "register", "unregister",
+    "identity_iotlb", "is_identity", "mapping_style", "has_persistent_map",
+    "present_ops", "validate_backend",
+]
+
+log = logging.getLogger(__name__)
+
+#: The entry-point group a plugin distribution declares its backend classes in.
+ENTRY_POINT_GROUP = "iotlb.backends"
+
+#: ``include/linux/vdpa.h``: the ``flags`` bit of ``compat_reset`` asking a parent
+#: that historically cleared its mappings on reset to keep doing so.
+VDPA_RESET_F_CLEAN_MAP = 1
+
+# Backend feature *masks* (``1 << VHOST_BACKEND_F_*``), the values of
+# :class:`iotlb.wire.BackendFeature`; ``get_backend_features()`` returns a mask of these.
+BACKEND_F_IOTLB_MSG_V2 = int(BackendFeature.IOTLB_MSG_V2)
+BACKEND_F_IOTLB_BATCH = int(BackendFeature.IOTLB_BATCH)
+BACKEND_F_IOTLB_ASID = int(BackendFeature.IOTLB_ASID)
+BACKEND_F_SUSPEND = int(BackendFeature.SUSPEND)
+BACKEND_F_RESUME = int(BackendFeature.RESUME)
+BACKEND_F_ENABLE_AFTER_DRIVER_OK = int(BackendFeature.ENABLE_AFTER_DRIVER_OK)
+BACKEND_F_DESC_ASID = int(BackendFeature.DESC_ASID)
+BACKEND_F_IOTLB_PERSIST = int(BackendFeature.IOTLB_PERSIST)
+
+#: Ops every backend has (defined, with a default where one makes sense, on
+#: :class:`Backend`), plus the two observation methods.
+REQUIRED_OPS = ("get_status", "set_status", "reset", "get_vq_group",
+                "get_backend_features", "get_iova_range", "device_iotlb", "group_asid")
+#: The DMA mapping ops: ``dma_map``+``dma_unmap`` (incremental) or ``set_map`` (whole
+#: IOTLB); a backend with neither is a platform-IOMMU parent.
+MAPPING_OPS = ("dma_map", "dma_unmap", "set_map")
+#: What a platform-IOMMU parent (no mapping op) provides instead: the IOMMU domain
+#: that vhost-vdpa allocates, attaches and programs (``iommu_domain_alloc``,
+#: ``iommu_attach_device``, ``iommu_map``, ``iommu_unmap``, ``iommu_domain_free``).
+PLATFORM_OPS = ("iommu_domain_alloc", "iommu_domain_free", "iommu_map", "iommu_unmap")
+#: Ops that may be absent.  :class:`Backend` must never define any of them.
+OPTIONAL_OPS = MAPPING_OPS + PLATFORM_OPS + (
+    "compat_reset", "reset_map", "set_group_asid", "get_vq_desc_group",
+    "suspend", "resume")
+
+
+# --------------------------------------------------------------------------- helpers
+def identity_iotlb(perm: int = Perm.RW) -> IOTLB:
+    """A new IOTLB holding the identity mapping ``add_range(0, ULONG_MAX, 0, perm)``.
+
+    The kernel stores it as the split pair ``[0, 2**63-1] -> 0`` and
+    ``[2**63, ~0] -> 2**63`` (what vdpa_sim and mlx5's DMA MR translate by default).
+
+    >>> [(hex(m.start), hex(m.last), hex(m.addr)) for m in identity_iotlb()]
+    [('0x0', '0x7fffffffffffffff', '0x0'), ('0x8000000000000000', '0xffffffffffffffff', '0x8000000000000000')]
+    """
+    t = IOTLB()
+    t.map(0, U64_MAX, 0, perm)
+    return t
+
+
+def is_identity(tlb) -> bool:
+    """True iff ``tlb`` holds exactly the identity pair (any perm with RW bits).
+
+    >>> is_identity(identity_iotlb()), is_identity(IOTLB())
+    (True, False)
+    """
+    return tlb == _IDENTITY
+
+
+_IDENTITY = identity_iotlb()
+
+
+def present_ops(backend) -> frozenset:
+    """The optional ops this backend (instance or class) defines.
+
+    >>> from iotlb_backends.platform_iommu import PlatformIommu
+    >>> sorted(present_ops(PlatformIommu()))
+    ['iommu_domain_alloc', 'iommu_domain_free', 'iommu_map', 'iommu_unmap']
+    """
+    return frozenset(op for op in OPTIONAL_OPS if getattr(backend, op, None) is not None)
+
+
+def mapping_style(backend) -> str:
+    """How vhost-vdpa programs this parent: ``"dma_map"``, ``"set_map"`` or
+    ``"platform"`` (neither op: the IOMMU domain).  ``dma_map`` wins when a backend
+    has both, as in ``vhost_vdpa_map``.
+
+    >>> from iotlb_backends.vdpa_sim import VdpaSim
+    >>> mapping_style(VdpaSim()), mapping_style(VdpaSim(batch_mapping=False))
+    ('set_map', 'dma_map')
+    """
+    if getattr(backend, "dma_map", None) is not None:
+        return "dma_map"
+    if getattr(backend, "set_map", None) is not None:
+        return "set_map"
+    return "platform"
+
+
+def has_persistent_map(backend) -> bool:
+    """``vhost_vdpa_has_persistent_map()``: may IOTLB_PERSIST be offered?
+
+    True for platform parents (no ``set_map``/``dma_map``), for parents with
+    ``reset_map``, and for parents whose ``get_backend_features()`` has IOTLB_PERSIST.
+
+    >>> from iotlb_backends.mlx5 import Mlx5
+    >>> has_persistent_map(Mlx5())
+    True
+    """
+    if getattr(backend, "set_map", None) is None and getattr(backend, "dma_map", None) is None:
+        return True
+    if getattr(backend, "reset_map", None) is not None:
+        return True
+    return bool(backend.get_backend_features() & BACKEND_F_IOTLB_PERSIST)
+
+
+def validate_backend(backend) -> None:
+    """Raise ``TypeError`` (wrong shape) or ``ValueError`` (inconsistent sizes) if
+    ``backend`` breaks the static part of the contract; return None otherwise.
+
+    Checked: it is a :class:`Backend`; every required op is callable; each optional
+    op is absent or callable; ``dma_map`` and ``dma_unmap`` come together; a
+    platform parent has all of :data:`PLATFORM_OPS` and ``nas == ngroups == 1``
+    (``vhost_vdpa_probe``); ``nas``, ``ngroups``, ``nvqs`` are positive ints;
+    ``get_iova_range()`` is an ordered pair of u64.
+
+    >>> from iotlb_backends.vdpa_sim import VdpaSim
+    >>> validate_backend(VdpaSim())
+    """
+    if not isinstance(backend, Backend):
+        raise TypeError(f"{backend!r} is not an iotlb.backend.Backend")
+    for op in REQUIRED_OPS:
+        if not callable(getattr(backend, op, None)):
+            raise TypeError(f"{type(backend).__name__}: required op {op}() is missing")
+    for op in OPTIONAL_OPS:
+        value = getattr(backend, op, None)
+        if value is not None and not callable(value):
+            raise TypeError(f"{type(backend).__name__}.{op} must be absent or callable, "
+                            f"got {type(value).__name__}")
+    has_map = getattr(backend, "dma_map", None) is not None
+    has_unmap = getattr(backend, "dma_unmap", None) is not None
+    if has_map != has_unmap:
+        raise TypeError(f"{type(backend).__name__}: dma_map and dma_unmap must be "
+                        "defined together")
+    for attr in ("nas", "ngroups", "nvqs"):
+        value = getattr(backend, attr, None)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{type(backend).__name__}.{attr} must be a positive int, "
+                             f"got {value!r}")
+    if mapping_style(backend) == "platform":
+        missing = [op for op in PLATFORM_OPS if getattr(backend, op, None) is None]
+        if missing:
+            raise TypeError(f"{type(backend).__name__}: a parent without set_map/dma_map "
+                            f"is a platform-IOMMU parent and needs {', '.join(missing)}")
+        if backend.nas != 1 or backend.ngroups != 1:
+            raise ValueError(f"{type(backend).__name__}: a platform-IOMMU parent must "
+                             f"have nas = ngroups = 1 (vhost_vdpa_probe), got "
+                             f"nas={backend.nas}, ngroups={backend.ngroups}")
+    first, last = backend.get_iova_range()
+    if not (0 <= first <= last <= U64_MAX):
+        raise ValueError(f"{type(backend).__name__}.get_iova_range() must be "
+                         f"(first, last) with 0 <= first <= last <= 2**64-1, got "
+                         f"({first!r}, {last!r})")
+
+
+def _positive(value, name: str) -> int:
+    if type(value) is not int:
+        if isinstance(value, bool) or not hasattr(value, "__index__"):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        value = value.__index__()
+    if value < 1 or value > 0xFFFFFFFF:
+        raise ValueError(f"{name} must be in 1..2**32-1, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- contract
+class Backend(abc.ABC):
+    """Base class of every backend: one vDPA parent driver (``struct vdpa_config_ops``).
+
+    **Attributes** (set by ``__init__``): ``nas`` (address spaces), ``ngroups``
+    (virtqueue groups), ``nvqs`` (virtqueues), ``use_va`` (vhost-vdpa uses its VA
+    path: no pinning, entries carry user addresses).
+
+    **Required ops** (defined here; override as needed): :meth:`get_status`,
+    :meth:`set_status`, :meth:`reset` (abstract), :meth:`get_vq_group`,
+    :meth:`get_backend_features`, :meth:`get_iova_range`; **observation**:
+    :meth:`device_iotlb` (abstract) and :meth:`group_asid`.
+
+    **Optional ops** -- define them in a subclass, or leave them out *entirely* (the
+    device tests ``getattr(backend, op, None) is None``, like a NULL op pointer):
+
+    - mapping, one style: ``dma_map(asid, iova, size, pa, perm, opaque)`` +
+      ``dma_unmap(asid, iova, size)``; or ``set_map(asid, iotlb)`` (receives the vhost
+      IOTLB itself: copy what you need, never keep a reference); or neither, and then
+      the platform-IOMMU domain ops ``iommu_domain_alloc()``, ``iommu_domain_free()``,
+      ``iommu_map(iova, size, pa, perm)``, ``iommu_unmap(iova, size)`` (nas =
+      ngroups = 1);
+    - ``compat_reset(flags)`` (called instead of ``reset`` when ``flags`` is non-zero,
+      i.e. :data:`VDPA_RESET_F_CLEAN_MAP`), ``reset_map(asid)``,
+      ``set_group_asid(group, asid)``, ``get_vq_desc_group(vq)``, ``suspend()``,
+      ``resume()``.
+
+    An op fails by raising :class:`iotlb.IOTLBError` with the errno the kernel op
+    returns.  Keep the device state in :class:`iotlb.IOTLB` instances (identity =
+    ``map(0, U64_MAX, 0)``, wipe = ``unmap()``).
+
+    An op is *absent* when ``getattr(backend, op, None) is None``: leave it
+    undefined, or hide an inherited one with ``op = None`` in a subclass.
+
+    ``__init__(*, nas=1, ngroups=1, nvqs=2, iova_range=(0, U64_MAX), use_va=False)``
+    validates and stores the attributes; subclasses pass their own defaults.
+    Helpers for subclasses: ``self._check_op_asid(op, asid)`` raises the parents'
+    ``IOTLBError(EINVAL)`` for ``asid >= nas``; ``self._check_asid(asid)`` raises
+    ``ValueError`` (for observation methods).
+
+    >>> import iotlb
+    >>> from iotlb.backend import Backend
+    >>> class Flat(Backend):
+    ...     '''A set_map parent with one address space and nothing else.'''
+    ...     def __init__(self, **options):
+    ...         super().__init__(**options)
+    ...         self._tlb = iotlb.IOTLB()
+    ...     def set_map(self, asid, tlb):
+    ...         self._tlb.unmap()
+    ...         for m in tlb:
+    ...             self._tlb.map(m.start, m.last, m.addr, m.perm)
+    ...     def reset(self):
+    ...         self.set_status(0)
+    ...     def device_iotlb(self, asid):
+    ...         self._check_asid(asid)
+    ...         return self._tlb.copy()
+    >>> b = Flat()
+    >>> src = iotlb.IOTLB(); src.map(0x1000, 0x1fff, 0x9000)
+    >>> b.set_map(0, src); src.unmap()
+    1
+    >>> len(b.device_iotlb(0)), getattr(b, "reset_map", None)
+    (1, None)
+    """
+
+    def __init__(self, *, nas: int = 1, ngroups: int = 1, nvqs: int = 2,
+                 iova_range: Tuple[int, int] = (0, U64_MAX), use_va: bool = False) -> None:
+        self.nas = _positive(nas, "nas")
+        self.ngroups = _positive(ngroups, "ngroups")
+        self.nvqs = _positive(nvqs, "nvqs")
+        if not isinstance(use_va, (bool, int)):
+            raise TypeError(f"use_va must be a bool, got {type(use_va).__name__}")
+        self.use_va = bool(use_va)
+        try:
+            first, last = iova_range
+        except (TypeError, ValueError):
+            raise TypeError(f"iova_range must be a pair (first, last), got "
+                            f"{iova_range!r}") from None
+        for value, what in ((first, "iova_range first"), (last, "iova_range last")):
+            if type(value) is not int:
+                raise TypeError(f"{what} must be an int, got {type(value).__name__}")
+            if not 0 <= value <= U64_MAX:
+                raise OverflowError(f"{what} must be in 0..2**64-1, got {value}")
+        if first > last:
+            raise ValueError(f"iova_range first {first:#x} > last {last:#x}")
+        self._iova_range = (first, last)
+        self._status = 0
+
+    # ---------------------------------------------------------------- required ops
+    def get_status(self) -> int:
+        """``get_status``: the virtio device status byte the parent keeps.
+
+        >>> from iotlb_backends.platform_iommu import PlatformIommu
+        >>> b = PlatformIommu(); b.set_status(0x3); b.get_status()
+        3
+        """
+        return self._status
+
+    def set_status(self, status: int) -> None:
+        """``set_status``: store a (non-zero) status.  vhost-vdpa never calls it with
+        0 -- a reset goes through :meth:`reset` / ``compat_reset``.
+
+        >>> from iotlb_backends.platform_iommu import PlatformIommu
+        >>> b = PlatformIommu(); b.set_status(0xF); b.get_status()
+        15
+        """
+        if type(status) is not int or not 0 <= status <= 0xFF:
+            raise ValueError(f"status must be a u8, got {status!r}")
+        self._status = status
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """``reset``: reset the device (status 0).  Whether mappings survive is the
+        parent's business (kernel-semantics §4.4)."""
+
+    def get_vq_group(self, vq: int) -> int:
+        """``get_vq_group``: the virtqueue group of ``vq``; every vq is in group 0
+        unless a subclass says otherwise.
+
+        >>> from iotlb_backends.platform_iommu import PlatformIommu
+        >>> PlatformIommu().get_vq_group(1)
+        0
+        """
+        self._check_vq(vq)
+        return 0
+
+    def get_backend_features(self) -> int:
+        """``get_backend_features``: extra backend feature bits (a mask) the parent
+        offers on top of what vhost-vdpa derives from the ops present.  0 here.
+
+        >>> from iotlb_backends.mlx5 import Mlx5
+        >>> Mlx5().get_backend_features()
+        0
+        """
+        return 0
+
+    def get_iova_range(self) -> Tuple[int, int]:
+        """``get_iova_range``: ``(first, last)``, inclusive, usable IOVAs.
+
+        >>> from iotlb_backends.vdpa_sim import VdpaSim
+        >>> VdpaSim(iova_range=(0x1000, 0xffff)).get_iova_range()
+        (4096, 65535)
+        """
+        return self._iova_range
+
+    # ---------------------------------------------------------------- observation
+    @abc.abstractmethod
+    def device_iotlb(self, asid: int) -> IOTLB:
+        """What the device translates through address space ``asid`` *now*, as a new
+        :class:`iotlb.IOTLB` the caller owns (a snapshot, never the live state).
+        Identity is the split pair ``[0,2**63-1]->0``, ``[2**63,~0]->2**63``; no
+        mapping at all is an empty IOTLB.  ``asid >= nas`` is a ``ValueError``."""
+
+    def group_asid(self, group: int) -> int:
+        """The address space virtqueue group ``group`` is bound to; 0 unless a
+        subclass with ``set_group_asid`` says otherwise.
+
+        >>> from iotlb_backends.platform_iommu import PlatformIommu
+        >>> PlatformIommu().group_asid(0)
+        0
+        """
+        self._check_group(group)
+        return 0
+
+    # ---------------------------------------------------------------- helpers
+    def _check_asid(self, asid: int) -> None:
+        """``ValueError`` unless ``0 <= asid < nas`` (for observation methods)."""
+        if type(asid) is not int or not 0 <= asid < self.nas:
+            raise ValueError(f"asid must be in 0..{self.nas - 1}, got {asid!r}")
+
+    def _check_group(self, group: int) -> None:
+        if type(group) is not int or not 0 <= group < self.ngroups:
+            raise ValueError(f"group must be in 0..{self.ngroups - 1}, got {group!r}")
+
+    def _check_vq(self, vq: int) -> None:
+        if type(vq) is not int or not 0 <= vq < self.nvqs:
+            raise IOTLBError(errno.EINVAL, f"vq must be in 0..{self.nvqs - 1}, got {vq!r}")
+
+    def _check_op_asid(self, op: str, asid: int) -> None:
+        """The parents' ``asid >= nas -> -EINVAL`` check, as an IOTLBError."""
+        if type(asid) is not int or asid < 0:
+            raise TypeError(f"{op}: asid must be a non-negative int, got {asid!r}")
+        if asid >= self.nas:
+            raise IOTLBError(errno.EINVAL, f"{op}: asid {asid} >= nas {self.nas}")
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} nas={self.nas} ngroups={self.ngroups} "
+                f"nvqs={self.nvqs} use_va={self.use_va} mapping={mapping_style(self)}>")
+
+
+def _no_optional_ops_on_base() -> None:
+    leaked = [op for op in OPTIONAL_OPS if hasattr(Backend, op)]
+    assert not leaked, f"Backend must not define optional ops: {leaked}"
+
+
+_no_optional_ops_on_base()
+
+
+# --------------------------------------------------------------------------- registry
+class UnknownBackendError(LookupError):
+    """:func:`load_backend` was given a name no usable backend is registered under
+    (unknown, or installed but broken -- then ``__cause__`` is the load error).
+    The message lists the known names.  A ``LookupError``, not a ``KeyError``, so
+    that ``str(exc)`` is the plain message.
+
+    >>> try:
+    ...     load_backend("no-such-parent")
+    ... except UnknownBackendError as exc:
+    ...     print(str(exc).split(";")[0])
+    unknown iotlb backend 'no-such-parent'
+    """
+
+
+_lock = threading.RLock()
+_discovered: Optional[Dict[str, type]] = None   # from entry points
+_broken: Dict[str, BaseException] = {}
+_origin: Dict[str, str] = {}                    # name -> entry point value
+_registered: Dict[str, type] = {}               # register()ed in this process
+
+
+def _entry_points() -> Iterable:
+    from importlib import metadata
+
+    if sys.version_info >= (3, 10):
+        return metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return metadata.entry_points().get(ENTRY_POINT_GROUP, ())  # pragma: no cover
+
+
+def _check_class(cls, what: str) -> None:
+    if not inspect.isclass(cls) or not issubclass(cls, Backend):
+        raise TypeError(f"{what} is {cls!r}, not a subclass of iotlb.backend.Backend")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+        raise TypeError(f"{what} ({cls.__qualname__}) does not implement the abstract "
+                        f"op(s) {missing}")
+
+
+def _discover() -> Dict[str, type]:
+    found: Dict[str, type] = {}
+    broken: Dict[str, BaseException] = {}
+    origin: Dict[str, str] = {}
+    for ep in _entry_points():
+        if ep.name in origin:
+            if ep.value != origin[ep.name]:
+                log.warning("iotlb backend %r is declared twice (%s and %s); using %s",
+                            ep.name, origin[ep.name], ep.value, origin[ep.name])
+            continue
+        origin[ep.name] = ep.value
+        try:
+            cls = ep.load()
+            _check_class(cls, f"entry point {ep.name} = {ep.value}")
+        except Exception as exc:  # a broken plugin is never fatal to discovery
+            log.warning("iotlb backend %r (%s) cannot be used: %s: %s",
+                        ep.name, ep.value, type(exc).__name__, exc)
+            broken[ep.name] = exc
+            continue
+        found[ep.name] = cls
+    global _broken, _origin
+    _broken, _origin = broken, origin
+    return found
+
+
+def _table() -> Dict[str, type]:
+    global _discovered
+    with _lock:
+        if _discovered is None:
+            _discovered = _discover()
+        table = dict(_discovered)
+        table.update(_registered)  # register() refuses taken names up front
+        return table
+
+
+def refresh() -> Dict[str, type]:
+    """Forget the cached discovery and scan the entry points again (after installing
+    or removing a plugin in this process).  Returns :func:`available_backends`.
+
+    >>> "vdpa_sim" in refresh()
+    True
+    """
+    global _discovered
+    with _lock:
+        _discovered = None
+        return available_backends()
+
+
+def available_backends() -> Dict[str, type]:
+    """``{name: backend class}`` for every usable backend, sorted by name: the
+    installed entry points of group ``iotlb.backends`` plus :func:`register`\\ ed
+    classes.  Discovery runs once and is cached (:func:`refresh` rescans); a plugin
+    that fails to import or is not a :class:`Backend` is left out, logged, and
+    reported by :func:`broken_backends` -- never fatal.
+
+    >>> sorted(set(available_backends()) & {"mlx5", "platform_iommu", "vdpa_sim"})
+    ['mlx5', 'platform_iommu', 'vdpa_sim']
+    """
+    table = _table()
+    return {name: table[name] for name in sorted(table)}
+
+
+def broken_backends() -> Dict[str, BaseException]:
+    """``{name: exception}`` for the installed backends that could not be loaded
+    (import error, not a Backend subclass, abstract ops left unimplemented...).
+
+    >>> isinstance(broken_backends(), dict)
+    True
+    """
+    _table()
+    with _lock:
+        return dict(sorted(_broken.items()))
+
+
+def load_backend(name: str, **options) -> Backend:
+    """Instantiate the backend registered as ``name``: exactly
+    ``BackendClass(**options)``.  An unknown or broken name raises
+    :class:`UnknownBackendError` listing what is available.
+
+    >>> b = load_backend("mlx5", umem_uid_0=False)
+    >>> type(b).__name__, b.use_va
+    ('Mlx5', False)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a str, got {type(name).__name__}")
+    table = _table()
+    cls = table.get(name)
+    if cls is None:
+        known = ", ".join(sorted(table)) or "(none)"
+        with _lock:
+            cause = _broken.get(name)
+        if cause is not None:
+            raise UnknownBackendError(
+                f"iotlb backend {name!r} is installed but broken "
+                f"({type(cause).__name__}: {cause}); available: {known}") from cause
+        raise UnknownBackendError(f"unknown iotlb backend {name!r}; available: {known}")
+    return cls(**options)
+
+
+def register(name: str, cls: type) -> None:
+    """Register ``cls`` under ``name`` for this process only (no packaging needed:
+    tests, notebooks).  A name already taken -- installed or registered -- is refused
+    with ``ValueError``; ``cls`` must be a concrete :class:`Backend` subclass
+    (``TypeError`` otherwise).  Undo with :func:`unregister`.
+
+    >>> from iotlb_backends.vdpa_sim import VdpaSim
+    >>> class MySim(VdpaSim):
+    ...     pass
+    >>> register("my_sim", MySim)
+    >>> isinstance(load_backend("my_sim"), MySim)
+    True
+    >>> register("my_sim", MySim)
+    Traceback (most recent call last):
+    ...
+    ValueError: iotlb backend name 'my_sim' is already taken by ...MySim...; unregister it first or pick another name
+    >>> unregister("my_sim")
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"backend name must be a non-empty str, got {name!r}")
+    _check_class(cls, f"register({name!r}, ...)")
+    with _lock:
+        table = _table()
+        if name in table or name in _broken:
+            taken = table.get(name) or f"a broken installed plugin ({_origin.get(name)})"
+            if inspect.isclass(taken):
+                taken = f"{taken.__module__}.{taken.__qualname__}"
+            raise ValueError(f"iotlb backend name {name!r} is already taken by {taken}; "
+                             "unregister it first or pick another name")
+        _registered[name] = cls
+
+
+def unregister(name: str) -> None:
+    """Remove a name added by :func:`register`.  Installed entry points cannot be
+    unregistered (``ValueError``); an unknown name is :class:`UnknownBackendError`.
+
+    >>> unregister("vdpa_sim")
+    Traceback (most recent call last):
+    ...
+    ValueError: iotlb backend 'vdpa_sim' comes from an installed entry point (iotlb_backends.vdpa_sim:VdpaSim) and cannot be unregistered
+    """
+    with _lock:
+        if name in _registered:
+            del _registered[name]
+            return
+        _table()
+        if name in _origin:
+            raise ValueError(f"iotlb backend {name!r} comes from an installed entry point "
+                             f"({_origin[name]}) and cannot be unregistered")
+        raise UnknownBackendError(f"iotlb backend {name!r} was not registered")

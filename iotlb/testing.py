@@ -1,0 +1,437 @@
+"""A conformance kit for backend plugin authors.
+
+Subclass :class:`BackendConformance` in your own test file under a name pytest
+collects (``Test...``) and implement :meth:`~BackendConformance.make_backend`; every
+``test_*`` method then runs against your backend, through the real device model
+:class:`iotlb.vdpa.VhostVdpa`::
+
+    from iotlb.testing import BackendConformance
+    from my_plugin import MyParent
+
+    class TestMyParent(BackendConformance):
+        def make_backend(self):
+            return MyParent()
+
+The checks are the invariants that hold for *every* parent driver (kernel-semantics
+§3-§5): the contract's shape (required ops present, optional ops absent or
+callable, one mapping style, sane sizes), offered backend features consistent with
+the ops present, the device translating what vhost mapped, a device reset (with or
+without IOTLB_PERSIST) never touching the vhost IOTLB or the pins, release leaving no
+pins and no vhost address space, reopen working, ``device_iotlb`` returning a snapshot
+IOTLB for every ``asid < nas``, ``set_map`` copying rather than keeping its argument.
+Parent-specific behaviour (what survives a reset, identity defaults...) is yours to
+test on top.
+
+Without pytest, :func:`run_conformance` runs the same checks and returns a report:
+
+>>> from iotlb_backends.vdpa_sim import VdpaSim
+>>> report = run_conformance(VdpaSim)
+>>> sorted(set(report.values()))
+['passed']
+"""
+from __future__ import annotations
+
+import unittest
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import iotlb
+from iotlb import U64_MAX, IOTLBBase, Perm
+from iotlb.backend import (
+    BACKEND_F_DESC_ASID, BACKEND_F_IOTLB_ASID, BACKEND_F_IOTLB_BATCH, BACKEND_F_IOTLB_MSG_V2,
+    BACKEND_F_IOTLB_PERSIST, BACKEND_F_RESUME, BACKEND_F_SUSPEND, OPTIONAL_OPS, REQUIRED_OPS,
+    Backend, has_persistent_map, mapping_style, validate_backend)
+
+__all__ = ["BackendConformance", "run_conformance", "vhost_snapshot"]
+
+_BASE_FEATURES = BACKEND_F_IOTLB_MSG_V2 | BACKEND_F_IOTLB_BATCH | BACKEND_F_IOTLB_ASID
+
+
+def _skip(reason: str) -> None:
+    """Skip the running check (pytest when it is running, unittest otherwise)."""
+    try:
+        import pytest
+    except ImportError:  # pragma: no cover - the kit is normally run by pytest
+        raise unittest.SkipTest(reason) from None
+    pytest.skip(reason)
+
+
+def vhost_snapshot(dev) -> Tuple[Dict[int, Optional[list]], int]:
+    """``({asid: entries or None}, pinned_pages)`` of a ``VhostVdpa``: layer (1) of
+    kernel-semantics §4.1, the part a device reset must never change.
+
+    >>> from iotlb.vdpa import VhostVdpa
+    >>> from iotlb_backends.platform_iommu import PlatformIommu
+    >>> dev = VhostVdpa(PlatformIommu()); dev.open(); dev.set_owner()
+    >>> dev.update(0x1000, 0x1000, 0x7000)
+    >>> vhost_snapshot(dev)
+    ({0: [(4096, 8191, 28672, 3)]}, 1)
+    >>> dev.release()
+    """
+    spaces = {}
+    for asid in range(dev.backend.nas):
+        tlb = dev.vhost_iotlb(asid)
+        spaces[asid] = None if tlb is None else [tuple(m)[:4] for m in tlb]
+    return spaces, dev.pinned_pages
+
+
+class BackendConformance:
+    """Base class of the conformance checks; not collected itself (no ``Test``
+    prefix).  Override :meth:`make_backend`; optionally ``page_size`` and
+    ``memlock_pages`` (passed to ``VhostVdpa``) and ``persist_variants``.
+
+    Every check is a plain method ``test_*`` that raises ``AssertionError`` on a
+    violation and skips (``pytest.skip``) when it does not apply to the backend.
+
+    >>> from iotlb_backends.mlx5 import Mlx5
+    >>> class TestMlx5(BackendConformance):
+    ...     def make_backend(self):
+    ...         return Mlx5()
+    >>> TestMlx5().test_device_reset_keeps_vhost_layer()
+    """
+
+    #: page size of the device model.
+    page_size: int = 4096
+    #: RLIMIT_MEMLOCK in pages for the device model (None = unlimited).
+    memlock_pages: Optional[int] = None
+
+    # ------------------------------------------------------------------ hooks
+    def make_backend(self) -> Backend:
+        """Return a new backend instance to check (override this)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_backend()")
+
+    def make_device(self, backend: Optional[Backend] = None):
+        """A fresh, closed ``VhostVdpa`` for ``backend`` (default: a new one)."""
+        from iotlb.vdpa import VhostVdpa
+
+        if backend is None:
+            backend = self.make_backend()
+        return VhostVdpa(backend, memlock_pages=self.memlock_pages, page_size=self.page_size)
+
+    def open_device(self, persist: bool = False, backend: Optional[Backend] = None):
+        """An opened, owned device with MSG_V2|BATCH|ASID acked, plus IOTLB_PERSIST
+        when ``persist`` (skips the check if the device does not offer it)."""
+        dev = self.make_device(backend)
+        dev.open()
+        dev.set_owner()
+        offered = dev.get_backend_features()
+        want = offered & _BASE_FEATURES
+        if persist:
+            if not offered & BACKEND_F_IOTLB_PERSIST:
+                dev.release()
+                _skip("IOTLB_PERSIST is not offered for this backend")
+            want |= BACKEND_F_IOTLB_PERSIST
+        dev.set_backend_features(want)
+        return dev
+
+    def persist_variants(self, backend: Backend) -> List[bool]:
+        """The IOTLB_PERSIST settings to exercise: not acked, and acked if offered."""
+        return [False, True] if has_persistent_map(backend) else [False]
+
+    def sample_ranges(self, backend: Backend) -> List[Tuple[int, int]]:
+        """Two page-aligned ``(iova, size)`` chunks inside the backend's IOVA range,
+        with a hole between them."""
+        first, last = backend.get_iova_range()
+        page = self.page_size
+        base = -(-max(first, 0x100000) // page) * page
+        if base + 8 * page - 1 > last:
+            base = -(-first // page) * page
+        if base + 8 * page - 1 > last:
+            _skip(f"the IOVA range [{first:#x}, {last:#x}] is too small for the checks")
+        return [(base, 2 * page), (base + 4 * page, page)]
+
+    def populate(self, dev) -> List[Tuple[int, int, int]]:
+        """UPDATE the sample ranges into every address space; return
+        ``[(asid, iova, size)]``."""
+        done = []
+        for asid in range(dev.backend.nas):
+            for n, (iova, size) in enumerate(self.sample_ranges(dev.backend)):
+                uaddr = 0x7F00_0000_0000 + asid * 0x1000_0000 + n * 0x10_0000
+                dev.update(iova, size, uaddr, Perm.RW, asid=asid)
+                done.append((asid, iova, size))
+        self._invariants(dev)
+        return done
+
+    @staticmethod
+    def _invariants(dev) -> None:
+        check = getattr(dev, "check_invariants", None)
+        if check is not None:
+            check()
+
+    # ------------------------------------------------------------------ shape
+    def test_is_a_valid_backend(self):
+        """A :class:`~iotlb.backend.Backend` passing
+        :func:`~iotlb.backend.validate_backend` (required ops callable, optional
+        ops absent or callable, dma_map with dma_unmap, platform parents complete
+        with nas = ngroups = 1, positive sizes, sane IOVA range)."""
+        backend = self.make_backend()
+        assert isinstance(backend, Backend), f"{backend!r} is not an iotlb.backend.Backend"
+        validate_backend(backend)
+
+    def test_required_ops_and_attributes(self):
+        """Every required op is callable; ``nas``, ``ngroups``, ``nvqs`` are positive
+        ints; ``use_va`` is a bool."""
+        backend = self.make_backend()
+        for op in REQUIRED_OPS:
+            assert callable(getattr(backend, op, None)), f"required op {op}() missing"
+        for attr in ("nas", "ngroups", "nvqs"):
+            value = getattr(backend, attr)
+            assert type(value) is int and value >= 1, f"{attr} = {value!r}"
+        assert isinstance(backend.use_va, bool), f"use_va = {backend.use_va!r}"
+
+    def test_optional_ops_absent_or_callable(self):
+        """An optional op is either absent (``getattr(b, op, None) is None``, a NULL
+        pointer) or callable -- never some other value."""
+        backend = self.make_backend()
+        for op in OPTIONAL_OPS:
+            value = getattr(backend, op, None)
+            assert value is None or callable(value), f"{op} = {value!r}"
+
+    def test_groups_and_asids_in_range(self):
+        """``get_vq_group`` (and ``get_vq_desc_group``) of every vq is a group
+        ``< ngroups`` (vhost answers EIO otherwise); ``group_asid`` of every group is
+        an AS ``< nas``."""
+        backend = self.make_backend()
+        desc = getattr(backend, "get_vq_desc_group", None)
+        for vq in range(backend.nvqs):
+            group = backend.get_vq_group(vq)
+            assert type(group) is int and 0 <= group < backend.ngroups, (vq, group)
+            if desc is not None:
+                group = desc(vq)
+                assert type(group) is int and 0 <= group < backend.ngroups, (vq, group)
+        for group in range(backend.ngroups):
+            asid = backend.group_asid(group)
+            assert type(asid) is int and 0 <= asid < backend.nas, (group, asid)
+
+    def test_iova_range(self):
+        """``get_iova_range()`` is ``(first, last)`` with ``first <= last`` in u64."""
+        first, last = self.make_backend().get_iova_range()
+        assert type(first) is int and type(last) is int
+        assert 0 <= first <= last <= U64_MAX
+
+    def test_backend_features_is_a_mask(self):
+        """``get_backend_features()`` is a non-negative int mask."""
+        features = self.make_backend().get_backend_features()
+        assert type(features) is int and features >= 0, features
+
+    # ------------------------------------------------------------------ observation
+    def test_device_iotlb_every_asid(self):
+        """``device_iotlb(asid)`` is an IOTLB for every ``asid < nas``, a snapshot the
+        caller may change freely; ``asid == nas`` is a ``ValueError``."""
+        backend = self.make_backend()
+        for asid in range(backend.nas):
+            tlb = backend.device_iotlb(asid)
+            assert isinstance(tlb, IOTLBBase), f"device_iotlb({asid}) = {tlb!r}"
+            before = [tuple(m)[:4] for m in tlb]
+            tlb.unmap()
+            tlb.map(0xDEAD000, 0xDEADFFF, 0xBEEF000)
+            after = [tuple(m)[:4] for m in backend.device_iotlb(asid)]
+            assert after == before, f"device_iotlb({asid}) returned live state"
+        try:
+            backend.device_iotlb(backend.nas)
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("device_iotlb(nas) must raise ValueError")
+
+    def test_set_map_copies_its_argument(self):
+        """``set_map(asid, iotlb)`` copies what it needs: changing the IOTLB afterwards
+        does not change the device."""
+        backend = self.make_backend()
+        if getattr(backend, "set_map", None) is None:
+            _skip("no set_map op")
+        (iova, size), _ = self.sample_ranges(backend)
+        src = iotlb.IOTLB()
+        src.map(iova, iova + size - 1, 0x4000_0000, Perm.RW)
+        backend.set_map(0, src)
+        before = [tuple(m)[:4] for m in backend.device_iotlb(0)]
+        src.unmap()
+        src.map(iova + size, iova + 2 * size - 1, 0x5000_0000, Perm.RO)
+        after = [tuple(m)[:4] for m in backend.device_iotlb(0)]
+        assert after == before, "set_map kept a reference to the vhost IOTLB"
+
+    # ------------------------------------------------------------------ via the device
+    def test_offered_features_match_ops(self):
+        """GET_BACKEND_FEATURES offers MSG_V2|BATCH|ASID always; SUSPEND iff
+        ``suspend``, RESUME iff ``resume``, DESC_ASID iff ``get_vq_desc_group``,
+        IOTLB_PERSIST iff ``vhost_vdpa_has_persistent_map()``; plus every bit of the
+        backend's own ``get_backend_features()``."""
+        backend = self.make_backend()
+        dev = self.make_device(backend)
+        dev.open()
+        try:
+            offered = dev.get_backend_features()
+            own = backend.get_backend_features()
+            assert offered & _BASE_FEATURES == _BASE_FEATURES, hex(offered)
+            assert offered & own == own, (hex(offered), hex(own))
+            for bit, present in (
+                    (BACKEND_F_SUSPEND, getattr(backend, "suspend", None) is not None),
+                    (BACKEND_F_RESUME, getattr(backend, "resume", None) is not None),
+                    (BACKEND_F_DESC_ASID,
+                     getattr(backend, "get_vq_desc_group", None) is not None),
+                    (BACKEND_F_IOTLB_PERSIST, has_persistent_map(backend))):
+                if not own & bit:
+                    assert bool(offered & bit) == present, (hex(bit), hex(offered), present)
+        finally:
+            dev.release()
+
+    def test_update_reaches_device_and_invalidate_removes(self):
+        """After an UPDATE outside a batch the device translates the range as the vhost
+        IOTLB does; after the INVALIDATE it no longer translates it."""
+        for persist in self.persist_variants(self.make_backend()):
+            dev = self.open_device(persist)
+            try:
+                for asid, iova, size in self.populate(dev):
+                    want = dev.vhost_iotlb(asid).translate(iova, size, Perm.RW)
+                    got = dev.backend.device_iotlb(asid).translate(iova, size, Perm.RW)
+                    assert got == want, (asid, hex(iova), got, want)
+                for asid, iova, size in self.populate_done(dev):
+                    dev.invalidate(iova, size, asid=asid)
+                    tlb = dev.backend.device_iotlb(asid)
+                    assert tlb.first(iova, iova + size - 1) is None, (
+                        f"asid {asid}: [{iova:#x}, +{size:#x}) still translates after "
+                        f"INVALIDATE: {list(tlb.overlapping(iova, iova + size - 1))}")
+                self._invariants(dev)
+            finally:
+                dev.release()
+
+    @staticmethod
+    def populate_done(dev) -> Iterator[Tuple[int, int, int]]:
+        """``(asid, iova, size)`` of every vhost entry, in ascending order per AS."""
+        for asid in range(dev.backend.nas):
+            tlb = dev.vhost_iotlb(asid)
+            for m in (list(tlb) if tlb is not None else ()):
+                yield asid, m.start, m.size
+
+    def test_device_reset_keeps_vhost_layer(self):
+        """SET_STATUS(0) -- a CLEAN_MAP compat reset without IOTLB_PERSIST, a plain
+        reset with it -- never changes the vhost IOTLBs or the pins."""
+        for persist in self.persist_variants(self.make_backend()):
+            dev = self.open_device(persist)
+            try:
+                self.populate(dev)
+                dev.set_status(0x1 | 0x2)
+                before = vhost_snapshot(dev)
+                dev.set_status(0)
+                assert vhost_snapshot(dev) == before, f"persist={persist}"
+                assert dev.backend.get_status() == 0
+                self._invariants(dev)
+            finally:
+                dev.release()
+
+    def test_reset_rebinds_groups_to_as0(self):
+        """After ``set_group_asid`` and a device reset every group is bound to AS 0
+        again (what QEMU relies on when it re-sets the group ASIDs after reset)."""
+        backend = self.make_backend()
+        if getattr(backend, "set_group_asid", None) is None:
+            _skip("no set_group_asid op")
+        for group in range(backend.ngroups):
+            backend.set_group_asid(group, backend.nas - 1)
+        backend.reset()
+        assert [backend.group_asid(g) for g in range(backend.ngroups)] == [0] * backend.ngroups
+
+    def test_set_group_asid_records_binding(self):
+        """``set_group_asid(group, asid)`` for a group some vq belongs to makes
+        ``group_asid(group) == asid``, and changes no mapping."""
+        backend = self.make_backend()
+        op = getattr(backend, "set_group_asid", None)
+        if op is None:
+            _skip("no set_group_asid op")
+        used = {backend.get_vq_group(vq) for vq in range(backend.nvqs)}
+        desc = getattr(backend, "get_vq_desc_group", None)
+        if desc is not None:
+            used |= {desc(vq) for vq in range(backend.nvqs)}
+        spaces = [[tuple(m)[:4] for m in backend.device_iotlb(a)] for a in range(backend.nas)]
+        for group in sorted(used):
+            for asid in range(backend.nas):
+                op(group, asid)
+                assert backend.group_asid(group) == asid, (group, asid)
+        after = [[tuple(m)[:4] for m in backend.device_iotlb(a)] for a in range(backend.nas)]
+        assert after == spaces, "set_group_asid changed a device mapping"
+
+    def test_reset_map_accepts_every_asid(self):
+        """``reset_map(asid)`` succeeds for every ``asid < nas`` (vhost ignores its
+        result, so failing would silently leave stale mappings)."""
+        backend = self.make_backend()
+        op = getattr(backend, "reset_map", None)
+        if op is None:
+            _skip("no reset_map op")
+        for asid in range(backend.nas):
+            op(asid)
+            assert isinstance(backend.device_iotlb(asid), IOTLBBase)
+
+    def test_release_leaves_nothing(self):
+        """Release (reset + remove_as of every AS + teardown) leaves no vhost address
+        space and no pinned page, with or without IOTLB_PERSIST."""
+        for persist in self.persist_variants(self.make_backend()):
+            dev = self.open_device(persist)
+            self.populate(dev)
+            dev.release()
+            spaces, pinned = vhost_snapshot(dev)
+            assert all(v is None for v in spaces.values()), spaces
+            assert pinned == 0, f"{pinned} pages still pinned after release"
+            for asid in range(dev.backend.nas):
+                assert isinstance(dev.backend.device_iotlb(asid), IOTLBBase)
+
+    def test_reopen(self):
+        """After release the same backend can be opened again and the same ranges
+        mapped anew (no EEXIST, no leftover pins)."""
+        backend = self.make_backend()
+        for persist in self.persist_variants(backend):
+            for _ in range(2):
+                dev = self.open_device(persist, backend=backend)
+                try:
+                    self.populate(dev)
+                    for asid, iova, size in self.populate_done(dev):
+                        want = dev.vhost_iotlb(asid).translate(iova, size)
+                        assert dev.backend.device_iotlb(asid).translate(iova, size) == want
+                finally:
+                    dev.release()
+                assert dev.pinned_pages == 0
+
+    def test_mapping_style_is_stable(self):
+        """The op table does not change while a device uses the backend."""
+        backend = self.make_backend()
+        style = mapping_style(backend)
+        dev = self.open_device(False, backend=backend)
+        try:
+            self.populate(dev)
+            dev.set_status(0)
+        finally:
+            dev.release()
+        assert mapping_style(backend) == style
+
+
+def run_conformance(make_backend: Callable[[], Backend]) -> Dict[str, str]:
+    """Run every :class:`BackendConformance` check without pytest.
+
+    Returns ``{check name: "passed" | "skipped: why"}``; raises ``AssertionError``
+    naming every failed check (with its error) if any failed.
+
+    >>> from iotlb_backends.platform_iommu import PlatformIommu
+    >>> run_conformance(PlatformIommu)["test_set_map_copies_its_argument"]
+    'skipped: no set_map op'
+    """
+    kit = type("Conformance", (BackendConformance,),
+               {"make_backend": staticmethod(make_backend)})()
+    results: Dict[str, str] = {}
+    failures = []
+    skip_types: tuple = (unittest.SkipTest,)
+    try:
+        import pytest
+
+        skip_types += (pytest.skip.Exception,)
+    except ImportError:  # pragma: no cover
+        pass
+    for name in sorted(n for n in dir(BackendConformance) if n.startswith("test_")):
+        try:
+            getattr(kit, name)()
+        except skip_types as exc:
+            results[name] = f"skipped: {getattr(exc, 'msg', None) or exc}"
+        except Exception as exc:  # report every failure, not just the first
+            results[name] = f"FAILED: {type(exc).__name__}: {exc}"
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+        else:
+            results[name] = "passed"
+    if failures:
+        raise AssertionError("conformance failures:\n  " + "\n  ".join(failures))
+    return results

@@ -27,3 +27,13 @@ def test_docstring_examples(name):
         pytest.skip(f"{name}: {exc}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
+
+
+def test_readme_examples():
+    """The README's tour is run as written."""
+    import pathlib
+
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    result = doctest.testfile(str(readme), module_relative=False,
+                              optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0

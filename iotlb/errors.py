@@ -11,6 +11,9 @@ plain ``TypeError`` / ``ValueError`` / ``OverflowError`` instead.
 (True, 4096)
 >>> isinstance(e, OSError)
 True
+>>> str(IOTLBError(errno.EOPNOTSUPP, "no suspend op"))
+'[EOPNOTSUPP] no suspend op'
+
 """
 from __future__ import annotations
 
@@ -37,8 +40,14 @@ class IOTLBError(OSError):
         return (_rebuild, (self.errno, self.strerror, self.iova, self.index))
 
     def __str__(self) -> str:
-        name = _errno.errorcode.get(self.errno, str(self.errno))
+        name = _KERNEL_NAMES.get(self.errno) or _errno.errorcode.get(self.errno,
+                                                                    str(self.errno))
         return f"[{name}] {self.strerror}"
+
+
+# Where libc gives one number two names, say the one the kernel source uses.
+_KERNEL_NAMES = {getattr(_errno, "EOPNOTSUPP", -1): "EOPNOTSUPP",
+                 getattr(_errno, "EAGAIN", -1): "EAGAIN"}
 
 
 def _rebuild(errno, message, iova, index):

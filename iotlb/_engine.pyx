@@ -1,0 +1,1823 @@
+# cython: language_level=3, cdivision=True, initializedcheck=False, autotestdict=False
+"""The compiled engine: ``struct vhost_iotlb`` as a B+tree in C memory.
+
+Same names, signatures and answers as the pure-Python twin ``iotlb._pyengine`` (the
+executable specification); only the layout differs.
+
+Layout (compare ``drivers/vhost/iotlb.c``):
+
+* The interval tree is a B+tree keyed by ``(start, seq)``; ``seq`` is a per-tree
+  insertion counter, so equal starts iterate in insertion order, as the kernel's
+  interval-tree insert walks right on ties.  Leaves hold up to ``LCAP`` entries as
+  struct-of-arrays ``start[] last[] addr[] meta[]`` with
+  ``meta = seq << 9 | has_ctx << 8 | perm`` (32 bytes per slot).
+* Inner nodes keep, for each child, its minimum key, the maximum ``last`` in its
+  subtree (the kernel's ``__subtree_last`` augmentation, exact) and the maximum span
+  ``last - start`` in its subtree (exact).  ``first(s, l)`` is one descent: the answer
+  is the first entry, in key order, whose ``last >= s`` -- if it starts after ``l``
+  nothing overlaps -- and no overlapping entry starts below ``s - span``.
+* ``ctx`` objects are the only per-entry Python references; they live in a side dict
+  ``seq -> ctx`` and only entries with the ``has_ctx`` bit consult it.
+* The kernel's insertion-order ``list`` matters only for retirement; with
+  ``limit`` and ``retire`` a FIFO of ``(start, seq)`` keys stands in for it, with lazy
+  deletion (a key whose entry is gone is skipped when popped and dropped when the queue
+  is compacted).
+
+All C memory comes from ``PyMem_Malloc`` so ``tracemalloc`` sees it; ``sys.getsizeof``
+reports it.  No tree pointer is held across a Python allocation or call (a garbage
+collection can run a finalizer that changes the tree): every Python object is built
+from values copied out of the tree first, a ``ctx`` is released only after the tree is
+consistent again, and an iterator's cursor is used only while the tree's version
+counter is the one it saw.
+
+>>> t = IOTLB()
+>>> t.map(0x1000, 0x1fff, 0x8000)
+>>> t.translate(0x1800, 16)
+[(34816, 16)]
+"""
+cimport cython
+from cpython cimport array as carray
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy, memmove
+
+import array as _array
+import errno as _errno
+import gc as _gc
+import itertools as _itertools
+
+from ._map import HALF, U64_MAX, IOTLBBase, Map, Perm
+from ._map import perm8 as _py_perm8
+from ._map import u64 as _py_u64
+from ._pyengine import _restore, _u64_buffer
+from .errors import IOTLBError
+
+__all__ = ["IOTLB"]
+
+cdef extern from *:
+    """
+    /* A Map (a tuple subclass) without the Python-level tuple.__new__ round trip. */
+    static PyObject *iotlb_make_map(PyObject *type, unsigned long long s,
+                                    unsigned long long l, unsigned long long a,
+                                    unsigned long long p, PyObject *ctx)
+    {
+        PyTypeObject *t = (PyTypeObject *)type;
+        PyObject *o = t->tp_alloc(t, 5), *v;
+        if (o == NULL) return NULL;
+        if ((v = PyLong_FromUnsignedLongLong(s)) == NULL) goto fail;
+        PyTuple_SET_ITEM(o, 0, v);
+        if ((v = PyLong_FromUnsignedLongLong(l)) == NULL) goto fail;
+        PyTuple_SET_ITEM(o, 1, v);
+        if ((v = PyLong_FromUnsignedLongLong(a)) == NULL) goto fail;
+        PyTuple_SET_ITEM(o, 2, v);
+        if ((v = PyLong_FromUnsignedLongLong(p)) == NULL) goto fail;
+        PyTuple_SET_ITEM(o, 3, v);
+        Py_INCREF(ctx);
+        PyTuple_SET_ITEM(o, 4, ctx);
+        return o;
+    fail:
+        Py_DECREF(o);
+        return NULL;
+    }
+
+    /* Touch every cache line of [p, p + n) at once, so a search over a node's keys
+       waits for one memory round trip instead of one per probe. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define IOTLB_PF(p) __builtin_prefetch((const void *)(p))
+    #else
+    #define IOTLB_PF(p) ((void)0)
+    #endif
+    static inline void iotlb_prefetch(const void *p, size_t n)
+    {
+        const char *c = (const char *)p;
+        size_t k;
+        for (k = 0; k < n; k += 64) IOTLB_PF(c + k);
+    }
+    """
+    void iotlb_prefetch(const void *p, size_t n) noexcept nogil
+    object iotlb_make_map(object type, uint64_t s, uint64_t l, uint64_t a, uint64_t p,
+                          object ctx)
+    # No automatic error check: callers test for (unsigned long)-1 + PyErr_Occurred().
+    unsigned long _as_ulong "PyLong_AsUnsignedLong"(object v)
+    bint PyLong_Check(object v)
+
+
+# ----------------------------------------------------------------------------- layout
+cdef enum:
+    LCAP = 64     # entries per leaf
+    ICAP = 64     # children per inner node
+    LMIN = LCAP * 7 // 16   # a leaf off the right spine holds at least this (after a
+                            # delete): random deletes leave ~58 bytes per entry
+    IMIN = ICAP // 3        # likewise for inner nodes (ICAP >= 6 keeps it >= 2)
+    LMERGE = LCAP - LCAP // 16  # under-full siblings merge when their total fits this,
+    IMERGE = ICAP - ICAP // 8   # else even out (headroom: no split on the next insert)
+    MAXH = 40     # inner levels at most (IMIN ** 39 is far beyond any memory)
+    NSPARE_L = 2  # spare leaves kept for the next split
+    NSPARE_I = 42  # spare inner nodes kept: a split per level plus a new root
+    HASCTX = 0x100
+
+cdef uint64_t UMAX = 0xFFFFFFFFFFFFFFFF
+cdef uint64_t HALF_C = 0x8000000000000000
+cdef uint64_t SEQ_END = (<uint64_t>1) << 55   # meta = seq << 9 | ... must not lose bits
+
+ctypedef struct Leaf:
+    int n
+    Leaf *next
+    uint64_t start[LCAP]
+    uint64_t last[LCAP]
+    uint64_t addr[LCAP]
+    uint64_t meta[LCAP]
+
+ctypedef struct Inner:
+    int n
+    void *child[ICAP]
+    uint64_t kstart[ICAP]    # min key of child j: (kstart[j], kseq[j])
+    uint64_t kseq[ICAP]
+    uint64_t maxlast[ICAP]   # max last in child j's subtree (exact)
+    uint64_t span[ICAP]      # max last - start in child j's subtree (exact)
+
+ctypedef struct Path:
+    Inner *node[MAXH]        # node[level] for level in 1..height
+    int idx[MAXH]            # child index taken at node[level]
+    Leaf *leaf
+    int slot
+
+ctypedef struct QKey:
+    uint64_t start
+    uint64_t seq
+
+ctypedef struct Tree:
+    void *root               # NULL when empty
+    Leaf *head               # leftmost leaf
+    int height               # inner levels above the leaves (0: root is a leaf)
+    uint64_t maxlast         # aggregates of the whole tree (valid when root != NULL)
+    uint64_t span
+    Py_ssize_t count
+    Py_ssize_t nleaf
+    Py_ssize_t ninner
+    uint64_t seq             # next insertion number
+    Leaf *spare_leaf[NSPARE_L]
+    int nspare_leaf
+    Inner *spare_inner[NSPARE_I]
+    int nspare_inner
+    QKey *q                  # retire FIFO: q[qhead:qtail], oldest first, lazily pruned
+    Py_ssize_t qhead
+    Py_ssize_t qtail
+    Py_ssize_t qcap
+
+ctypedef struct Ent:
+    uint64_t seq
+    uint64_t start
+    uint64_t last
+    uint64_t addr
+    uint64_t meta
+
+ctypedef struct XFail:
+    uint64_t addr
+    uint64_t start
+    uint64_t last
+    uint64_t perm
+
+
+# ----------------------------------------------------------------------------- nodes
+cdef int t_reserve(Tree *t) except -1:
+    # ensure spares for one insert, also after a retirement shrank the tree: a leaf,
+    # and an inner node per level plus a new root unless the root is a leaf with room;
+    # MemoryError leaves t as it was
+    cdef void *m
+    cdef int need_inner = t.height + 1
+    while t.nspare_leaf < 1:
+        m = PyMem_Malloc(sizeof(Leaf))
+        if m == NULL:
+            raise MemoryError()
+        t.spare_leaf[t.nspare_leaf] = <Leaf *>m
+        t.nspare_leaf += 1
+    if t.height + 1 >= NSPARE_I or t.height + 1 >= MAXH:
+        raise MemoryError("IOTLB: tree too tall")
+    if t.root == NULL or (t.height == 0 and (<Leaf *>t.root).n < LCAP):
+        need_inner = 0
+    while t.nspare_inner < need_inner:
+        m = PyMem_Malloc(sizeof(Inner))
+        if m == NULL:
+            raise MemoryError()
+        t.spare_inner[t.nspare_inner] = <Inner *>m
+        t.nspare_inner += 1
+    return 0
+
+
+cdef inline Leaf *take_leaf(Tree *t) noexcept:
+    # a reserved spare leaf, now counted as live (t_reserve() guaranteed one)
+    t.nspare_leaf -= 1
+    t.nleaf += 1
+    return t.spare_leaf[t.nspare_leaf]
+
+
+cdef inline Inner *take_inner(Tree *t) noexcept:
+    # a reserved spare inner node, now counted as live (t_reserve() guaranteed one)
+    t.nspare_inner -= 1
+    t.ninner += 1
+    return t.spare_inner[t.nspare_inner]
+
+
+cdef inline void give_leaf(Tree *t, Leaf *f) noexcept:
+    # f leaves the tree: kept as a spare or freed
+    t.nleaf -= 1
+    if t.nspare_leaf < NSPARE_L:
+        t.spare_leaf[t.nspare_leaf] = f
+        t.nspare_leaf += 1
+    else:
+        PyMem_Free(f)
+
+
+cdef inline void give_inner(Tree *t, Inner *x) noexcept:
+    # x leaves the tree: kept as a spare or freed
+    t.ninner -= 1
+    if t.nspare_inner < t.height + 2 and t.nspare_inner < NSPARE_I:
+        t.spare_inner[t.nspare_inner] = x
+        t.nspare_inner += 1
+    else:
+        PyMem_Free(x)
+
+
+cdef void free_sub(void *node, int level) noexcept:
+    # free node and everything below it (no rebalancing, no bookkeeping)
+    cdef Inner *x
+    cdef int j
+    if level > 0:
+        x = <Inner *>node
+        for j in range(x.n):
+            free_sub(x.child[j], level - 1)
+    PyMem_Free(node)
+
+
+cdef void t_clear(Tree *t) noexcept:
+    # drop every entry in O(n) (reset); spares and queue capacity are kept
+    if t.root != NULL:
+        free_sub(t.root, t.height)
+    t.root = NULL
+    t.head = NULL
+    t.height = 0
+    t.maxlast = 0
+    t.span = 0
+    t.count = 0
+    t.nleaf = 0
+    t.ninner = 0
+    t.qhead = 0
+    t.qtail = 0
+
+
+cdef void t_free(Tree *t) noexcept:
+    # release all C memory of t (dealloc)
+    cdef int k
+    t_clear(t)
+    for k in range(t.nspare_leaf):
+        PyMem_Free(t.spare_leaf[k])
+    for k in range(t.nspare_inner):
+        PyMem_Free(t.spare_inner[k])
+    t.nspare_leaf = 0
+    t.nspare_inner = 0
+    PyMem_Free(t.q)
+    t.q = NULL
+    t.qcap = 0
+
+
+cdef inline int node_n(void *node, int level) noexcept:
+    # number of entries (leaf) or children (inner) of node
+    if level == 0:
+        return (<Leaf *>node).n
+    return (<Inner *>node).n
+
+
+cdef inline void leaf_agg(Leaf *f, uint64_t *ml, uint64_t *sp) noexcept:
+    # max last and max (last - start) over f's n >= 1 entries
+    cdef uint64_t m = 0, s = 0, d
+    cdef int i
+    for i in range(f.n):
+        if f.last[i] > m:
+            m = f.last[i]
+        d = f.last[i] - f.start[i]
+        if d > s:
+            s = d
+    ml[0] = m
+    sp[0] = s
+
+
+cdef inline void inner_agg(Inner *x, uint64_t *ml, uint64_t *sp) noexcept:
+    # max of x's child records (max last, max span); x.n >= 1
+    cdef uint64_t m = 0, s = 0
+    cdef int j
+    for j in range(x.n):
+        if x.maxlast[j] > m:
+            m = x.maxlast[j]
+        if x.span[j] > s:
+            s = x.span[j]
+    ml[0] = m
+    sp[0] = s
+
+
+cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
+    # recompute x's record of child j (min key, max last, span) from the child (n >= 1)
+    cdef Leaf *f
+    cdef Inner *y
+    if clevel == 0:
+        f = <Leaf *>x.child[j]
+        x.kstart[j] = f.start[0]
+        x.kseq[j] = f.meta[0] >> 9
+        leaf_agg(f, &x.maxlast[j], &x.span[j])
+    else:
+        y = <Inner *>x.child[j]
+        x.kstart[j] = y.kstart[0]
+        x.kseq[j] = y.kseq[0]
+        inner_agg(y, &x.maxlast[j], &x.span[j])
+
+
+cdef inline void leaf_move(Leaf *d, int dp, Leaf *s, int sp, int cnt) noexcept:
+    # copy cnt slots s[sp:] to d[dp:] (overlap allowed); counts untouched
+    if cnt <= 0:
+        return
+    memmove(&d.start[dp], &s.start[sp], cnt * sizeof(uint64_t))
+    memmove(&d.last[dp], &s.last[sp], cnt * sizeof(uint64_t))
+    memmove(&d.addr[dp], &s.addr[sp], cnt * sizeof(uint64_t))
+    memmove(&d.meta[dp], &s.meta[sp], cnt * sizeof(uint64_t))
+
+
+cdef inline void inner_move(Inner *d, int dp, Inner *s, int sp, int cnt) noexcept:
+    # copy cnt child records s[sp:] to d[dp:] (overlap allowed); counts untouched
+    if cnt <= 0:
+        return
+    memmove(&d.child[dp], &s.child[sp], cnt * sizeof(void *))
+    memmove(&d.kstart[dp], &s.kstart[sp], cnt * sizeof(uint64_t))
+    memmove(&d.kseq[dp], &s.kseq[sp], cnt * sizeof(uint64_t))
+    memmove(&d.maxlast[dp], &s.maxlast[sp], cnt * sizeof(uint64_t))
+    memmove(&d.span[dp], &s.span[sp], cnt * sizeof(uint64_t))
+
+
+cdef inline void leaf_put(Leaf *f, int pos, uint64_t s, uint64_t l, uint64_t a,
+                          uint64_t meta) noexcept:
+    # open slot pos in f (n < LCAP) and store the entry there
+    leaf_move(f, pos + 1, f, pos, f.n - pos)
+    f.start[pos] = s
+    f.last[pos] = l
+    f.addr[pos] = a
+    f.meta[pos] = meta
+    f.n += 1
+
+
+cdef inline void inner_put(Inner *x, int pos, void *c, int clevel) noexcept:
+    # open record pos in x (n < ICAP) for child c and fill it from c
+    inner_move(x, pos + 1, x, pos, x.n - pos)
+    x.child[pos] = c
+    x.n += 1
+    refresh(x, pos, clevel)
+
+
+cdef inline int inner_route(Inner *x, uint64_t ks, uint64_t kq) noexcept:
+    # index of the last child whose min key <= (ks, kq), or 0 if there is none
+    cdef int lo = 0, hi = x.n, mid
+    iotlb_prefetch(x.kstart, hi * sizeof(uint64_t))
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if x.kstart[mid] < ks or (x.kstart[mid] == ks and x.kseq[mid] <= kq):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1 if lo > 0 else 0
+
+
+cdef inline int leaf_lower(Leaf *f, uint64_t ks, uint64_t kq) noexcept:
+    # first slot of f whose key >= (ks, kq), or f.n
+    cdef int lo = 0, hi = f.n, mid
+    # the whole leaf at once: the slot found is read next, and one round trip to
+    # memory for every line beats one per binary-search probe plus one per array
+    iotlb_prefetch(f.start, hi * sizeof(uint64_t))
+    iotlb_prefetch(f.last, hi * sizeof(uint64_t))
+    iotlb_prefetch(f.addr, hi * sizeof(uint64_t))
+    iotlb_prefetch(f.meta, hi * sizeof(uint64_t))
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if f.start[mid] < ks or (f.start[mid] == ks and (f.meta[mid] >> 9) < kq):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# ----------------------------------------------------------------------------- search
+cdef int find_rec(void *node, int level, uint64_t span, uint64_t s, uint64_t l,
+                  uint64_t ls, uint64_t lq, Path *p) noexcept:
+    # first entry of this subtree with key >= (ls, lq), last >= s and start <= l:
+    # 1 found (p filled), 0 none here, -1 none here nor anywhere to the right
+    cdef uint64_t ks = s - span if s > span else 0   # nothing overlapping starts below
+    cdef uint64_t kq = 0
+    cdef Leaf *f
+    cdef Inner *x
+    cdef int i, j, r
+    if ls > ks or (ls == ks and lq > 0):
+        ks = ls
+        kq = lq
+    if level == 0:
+        f = <Leaf *>node
+        i = leaf_lower(f, ks, kq)
+        while i < f.n:
+            if f.start[i] > l:
+                return -1
+            if f.last[i] >= s:
+                p.leaf = f
+                p.slot = i
+                return 1
+            i += 1
+        return 0
+    x = <Inner *>node
+    j = inner_route(x, ks, kq)
+    while j < x.n:
+        if x.kstart[j] > l:
+            return -1
+        if x.maxlast[j] >= s:
+            p.node[level] = x
+            p.idx[level] = j
+            r = find_rec(x.child[j], level - 1, x.span[j], s, l, ls, lq, p)
+            if r != 0:
+                return r
+        j += 1
+    return 0
+
+
+cdef inline bint t_find(Tree *t, uint64_t s, uint64_t l, uint64_t ls, uint64_t lq,
+                        Path *p) noexcept:
+    # vhost_iotlb_itree_first / _next: the first entry with key >= (ls, lq) overlapping
+    # [s, l] (closed: start <= l and last >= s); fills p with its path
+    if t.root == NULL or t.maxlast < s:
+        return False
+    return find_rec(t.root, t.height, t.span, s, l, ls, lq, p) == 1
+
+
+cdef bint t_find_key(Tree *t, uint64_t s, uint64_t q, Path *p) noexcept:
+    # the entry with key exactly (s, q), if present; fills p with its path
+    cdef void *node = t.root
+    cdef int level = t.height, j, i
+    cdef Inner *x
+    cdef Leaf *f
+    if node == NULL:
+        return False
+    while level > 0:
+        x = <Inner *>node
+        j = inner_route(x, s, q)
+        p.node[level] = x
+        p.idx[level] = j
+        node = x.child[j]
+        level -= 1
+    f = <Leaf *>node
+    i = leaf_lower(f, s, q)
+    if i < f.n and f.start[i] == s and (f.meta[i] >> 9) == q:
+        p.leaf = f
+        p.slot = i
+        return True
+    return False
+
+
+# ----------------------------------------------------------------------------- insert
+cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) noexcept:
+    # insert an entry whose seq (meta >> 9) exceeds every seq in t, after the entries
+    # of equal start; t_reserve() must have succeeded just before
+    cdef uint64_t sp = l - s
+    cdef Path p
+    cdef bint xrm[MAXH]      # xrm[level]: node[level] is the rightmost at its level
+    cdef bint rm = True, changed
+    cdef void *node
+    cdef void *newc = NULL
+    cdef Inner *x
+    cdef Inner *y
+    cdef Inner *z
+    cdef Leaf *f
+    cdef Leaf *r
+    cdef int level, j, pos, h
+    if t.root == NULL:
+        f = take_leaf(t)
+        f.n = 0
+        f.next = NULL
+        leaf_put(f, 0, s, l, a, meta)
+        t.root = f
+        t.head = f
+        t.height = 0
+        t.maxlast = l
+        t.span = sp
+        t.count = 1
+        return
+    t.count += 1
+    node = t.root
+    level = t.height
+    while level > 0:
+        x = <Inner *>node
+        j = inner_route(x, s, UMAX)
+        p.node[level] = x
+        p.idx[level] = j
+        xrm[level] = rm
+        rm = rm and j == x.n - 1
+        node = x.child[j]
+        level -= 1
+    f = <Leaf *>node
+    pos = leaf_lower(f, s, UMAX)
+    if f.n < LCAP:
+        leaf_put(f, pos, s, l, a, meta)
+    else:
+        r = take_leaf(t)
+        r.n = 0
+        if rm and pos == LCAP:
+            # appending at the right end: keep f full so ascending builds pack leaves
+            leaf_put(r, 0, s, l, a, meta)
+        else:
+            h = LCAP // 2
+            leaf_move(r, 0, f, h, LCAP - h)
+            r.n = LCAP - h
+            f.n = h
+            if pos <= h:
+                leaf_put(f, pos, s, l, a, meta)
+            else:
+                leaf_put(r, pos - h, s, l, a, meta)
+        r.next = f.next
+        f.next = r
+        newc = r
+    level = 1
+    while level <= t.height:
+        x = p.node[level]
+        j = p.idx[level]
+        if newc == NULL:
+            # child j gained just this entry: bump its record; unchanged means above too
+            changed = False
+            if l > x.maxlast[j]:
+                x.maxlast[j] = l
+                changed = True
+            if sp > x.span[j]:
+                x.span[j] = sp
+                changed = True
+            if s < x.kstart[j]:
+                x.kstart[j] = s
+                x.kseq[j] = meta >> 9
+                changed = True
+            if not changed:
+                return
+        else:
+            refresh(x, j, level - 1)
+            if x.n < ICAP:
+                inner_put(x, j + 1, newc, level - 1)
+                newc = NULL
+            else:
+                y = take_inner(t)
+                if xrm[level] and j + 1 == ICAP:
+                    # right end: x keeps ICAP - 1, y takes x's last child and newc
+                    y.n = 0
+                    inner_move(y, 0, x, ICAP - 1, 1)
+                    y.n = 1
+                    x.n = ICAP - 1
+                    inner_put(y, 1, newc, level - 1)
+                else:
+                    h = ICAP // 2
+                    inner_move(y, 0, x, h, ICAP - h)
+                    y.n = ICAP - h
+                    x.n = h
+                    if j + 1 <= h:
+                        inner_put(x, j + 1, newc, level - 1)
+                    else:
+                        inner_put(y, j + 1 - h, newc, level - 1)
+                newc = y
+        level += 1
+    if newc != NULL:
+        z = take_inner(t)
+        z.n = 2
+        z.child[0] = t.root
+        z.child[1] = newc
+        refresh(z, 0, t.height)
+        refresh(z, 1, t.height)
+        t.root = z
+        t.height += 1
+    if l > t.maxlast:
+        t.maxlast = l
+    if sp > t.span:
+        t.span = sp
+
+
+# ----------------------------------------------------------------------------- delete
+cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
+    # child j of x (x.n >= 2) is under its minimum: merge it with a neighbour when the
+    # two fit in *MERGE, else share their entries evenly; x's records stay exact
+    cdef int a = j - 1 if j > 0 else j
+    cdef int b = a + 1, tot, k, mv
+    cdef Leaf *fa
+    cdef Leaf *fb
+    cdef Inner *ya
+    cdef Inner *yb
+    if clevel == 0:
+        fa = <Leaf *>x.child[a]
+        fb = <Leaf *>x.child[b]
+        tot = fa.n + fb.n
+        if tot <= LMERGE:
+            leaf_move(fa, fa.n, fb, 0, fb.n)
+            fa.n = tot
+            fa.next = fb.next
+            give_leaf(t, fb)
+            inner_move(x, b, x, b + 1, x.n - b - 1)
+            x.n -= 1
+            refresh(x, a, 0)
+            return
+        k = tot // 2
+        if fa.n > k:            # fa's tail moves to fb's front
+            mv = fa.n - k
+            leaf_move(fb, mv, fb, 0, fb.n)
+            leaf_move(fb, 0, fa, k, mv)
+        else:                   # fb's front moves to fa's tail
+            mv = k - fa.n
+            leaf_move(fa, fa.n, fb, 0, mv)
+            leaf_move(fb, 0, fb, mv, fb.n - mv)
+        fa.n = k
+        fb.n = tot - k
+    else:
+        ya = <Inner *>x.child[a]
+        yb = <Inner *>x.child[b]
+        tot = ya.n + yb.n
+        if tot <= IMERGE:
+            inner_move(ya, ya.n, yb, 0, yb.n)
+            ya.n = tot
+            give_inner(t, yb)
+            inner_move(x, b, x, b + 1, x.n - b - 1)
+            x.n -= 1
+            refresh(x, a, clevel)
+            return
+        k = tot // 2
+        if ya.n > k:
+            mv = ya.n - k
+            inner_move(yb, mv, yb, 0, yb.n)
+            inner_move(yb, 0, ya, k, mv)
+        else:
+            mv = k - ya.n
+            inner_move(ya, ya.n, yb, 0, mv)
+            inner_move(yb, 0, yb, mv, yb.n - mv)
+        ya.n = k
+        yb.n = tot - k
+    refresh(x, a, clevel)
+    refresh(x, b, clevel)
+
+
+cdef void t_delete(Tree *t, Path *p) noexcept:
+    # vhost_iotlb_map_free on the tree: remove the entry at p (filled by a search just
+    # before), rebalance bottom-up, keep every record and the root aggregates exact
+    cdef Leaf *f = p.leaf
+    cdef int i = p.slot, level, j, cn
+    cdef uint64_t s = f.start[i], l = f.last[i], sp, q = f.meta[i] >> 9
+    cdef uint64_t oks, okq, oml, osp
+    cdef bint dirty = True    # x's record of the child below may be stale
+    cdef Inner *x
+    sp = l - s
+    leaf_move(f, i, f, i + 1, f.n - i - 1)
+    f.n -= 1
+    t.count -= 1
+    level = 1
+    while level <= t.height:
+        x = p.node[level]
+        j = p.idx[level]
+        cn = node_n(x.child[j], level - 1)
+        if dirty:
+            dirty = False
+            # the child's subtree lost exactly (s, q, l): only a record it defined moves
+            if cn > 0 and (x.maxlast[j] == l or x.span[j] == sp
+                           or (x.kstart[j] == s and x.kseq[j] == q)):
+                oks = x.kstart[j]
+                okq = x.kseq[j]
+                oml = x.maxlast[j]
+                osp = x.span[j]
+                refresh(x, j, level - 1)
+                dirty = (oks != x.kstart[j] or okq != x.kseq[j] or oml != x.maxlast[j]
+                         or osp != x.span[j])
+        if cn < (LMIN if level == 1 else IMIN):
+            rebalance(t, x, j, level - 1)
+            dirty = True      # x may have lost a child: check it one level up
+        elif not dirty:
+            return            # records, counts and aggregates above are all unchanged
+        level += 1
+    if t.height == 0:
+        if f.n == 0:
+            give_leaf(t, f)
+            t.root = NULL
+            t.head = NULL
+            t.maxlast = 0
+            t.span = 0
+            return
+        if t.maxlast == l or t.span == sp:
+            leaf_agg(f, &t.maxlast, &t.span)
+        return
+    x = <Inner *>t.root
+    while t.height > 0 and x.n == 1:
+        t.root = x.child[0]
+        give_inner(t, x)
+        t.height -= 1
+        x = <Inner *>t.root
+    if t.maxlast == l or t.span == sp:
+        if t.height == 0:
+            leaf_agg(<Leaf *>t.root, &t.maxlast, &t.span)
+        else:
+            inner_agg(<Inner *>t.root, &t.maxlast, &t.span)
+
+
+# ----------------------------------------------------------------------------- clone
+cdef void *clone_rec(Tree *d, void *node, int level, Leaf **prev) noexcept:
+    # a node-for-node copy of node's subtree, leaves chained after *prev; NULL on ENOMEM
+    # (nothing of the partial copy is left allocated)
+    cdef Inner *x
+    cdef Inner *y
+    cdef Leaf *f
+    cdef void *c
+    cdef int j
+    if level == 0:
+        f = <Leaf *>PyMem_Malloc(sizeof(Leaf))
+        if f == NULL:
+            return NULL
+        memcpy(f, node, sizeof(Leaf))
+        f.next = NULL
+        if prev[0] == NULL:
+            d.head = f
+        else:
+            prev[0].next = f
+        prev[0] = f
+        d.nleaf += 1
+        return f
+    x = <Inner *>node
+    y = <Inner *>PyMem_Malloc(sizeof(Inner))
+    if y == NULL:
+        return NULL
+    memcpy(y, x, sizeof(Inner))
+    for j in range(x.n):
+        c = clone_rec(d, x.child[j], level - 1, prev)
+        if c == NULL:
+            y.n = j
+            d.nleaf -= count_leaves(y, level)
+            d.ninner -= count_inner(y, level) - 1
+            free_sub(y, level)
+            return NULL
+        y.child[j] = c
+    d.ninner += 1
+    return y
+
+
+cdef Py_ssize_t count_leaves(void *node, int level) noexcept:
+    # leaves under node
+    cdef Py_ssize_t n = 0
+    cdef int j
+    if level == 0:
+        return 1
+    for j in range((<Inner *>node).n):
+        n += count_leaves((<Inner *>node).child[j], level - 1)
+    return n
+
+
+cdef Py_ssize_t count_inner(void *node, int level) noexcept:
+    # inner nodes in node's subtree, node included
+    cdef Py_ssize_t n = 1
+    cdef int j
+    if level == 0:
+        return 0
+    for j in range((<Inner *>node).n):
+        n += count_inner((<Inner *>node).child[j], level - 1)
+    return n
+
+
+# ----------------------------------------------------------------------------- queue
+cdef int q_ready(Tree *t) except -1:
+    # room for one more key at the queue's tail: prune stale keys when they outnumber the
+    # live ones, slide or grow the array; MemoryError leaves the queue's content as it was
+    cdef Py_ssize_t i, w, live, ncap
+    cdef Path p
+    cdef QKey *nq
+    if t.qtail - t.qhead > 2 * t.count + 16:
+        w = t.qhead
+        for i in range(t.qhead, t.qtail):
+            if t_find_key(t, t.q[i].start, t.q[i].seq, &p):
+                t.q[w] = t.q[i]
+                w += 1
+        t.qtail = w
+    if t.qtail < t.qcap:
+        return 0
+    live = t.qtail - t.qhead
+    if t.qhead > 0 and live * 2 <= t.qcap:
+        memmove(t.q, &t.q[t.qhead], live * sizeof(QKey))
+        t.qhead = 0
+        t.qtail = live
+        return 0
+    ncap = t.qcap * 2 if t.qcap else 16
+    nq = <QKey *>PyMem_Realloc(t.q, ncap * sizeof(QKey))
+    if nq == NULL:
+        raise MemoryError()
+    t.q = nq
+    t.qcap = ncap
+    return 0
+
+
+# ----------------------------------------------------------------------------- sort
+cdef int ent_cmp(const void *a, const void *b) noexcept nogil:
+    # qsort order of Ent by seq
+    cdef uint64_t x = (<const Ent *>a).seq, y = (<const Ent *>b).seq
+    return (x > y) - (x < y)
+
+
+cdef int ent_key_cmp(const void *a, const void *b) noexcept nogil:
+    # qsort order of Ent by tree key (start, seq)
+    cdef const Ent *x = <const Ent *>a
+    cdef const Ent *y = <const Ent *>b
+    if x.start != y.start:
+        return -1 if x.start < y.start else 1
+    return (x.seq > y.seq) - (x.seq < y.seq)
+
+
+# ----------------------------------------------------------------------------- bulk
+cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
+    # make the empty t hold the m >= 1 entries e, sorted by (start, seq), in packed
+    # nodes; every node is allocated first, so MemoryError leaves t empty
+    cdef Py_ssize_t sizes[MAXH + 1]
+    cdef Py_ssize_t off[MAXH + 1]
+    cdef Py_ssize_t total = 0, k, q, lo, hi, c, cnt, i
+    cdef int h = 0, lev, j
+    cdef void **allp
+    cdef Leaf *f
+    cdef Inner *x
+    sizes[0] = (m + LCAP - 1) // LCAP
+    while sizes[h] > 1:
+        if h + 1 >= MAXH:
+            raise MemoryError("IOTLB: tree too tall")
+        sizes[h + 1] = (sizes[h] + ICAP - 1) // ICAP
+        h += 1
+    for lev in range(h + 1):
+        off[lev] = total
+        total += sizes[lev]
+    allp = <void **>PyMem_Malloc(total * sizeof(void *))
+    if allp == NULL:
+        raise MemoryError()
+    for k in range(total):
+        allp[k] = PyMem_Malloc(sizeof(Leaf) if k < sizes[0] else sizeof(Inner))
+        if allp[k] == NULL:
+            for i in range(k):
+                PyMem_Free(allp[i])
+            PyMem_Free(allp)
+            raise MemoryError()
+    for k in range(sizes[0]):            # leaves: full, the last one takes the rest
+        f = <Leaf *>allp[k]
+        cnt = m - k * LCAP if k == sizes[0] - 1 else LCAP
+        f.n = <int>cnt
+        f.next = <Leaf *>allp[k + 1] if k + 1 < sizes[0] else NULL
+        for i in range(cnt):
+            f.start[i] = e[k * LCAP + i].start
+            f.last[i] = e[k * LCAP + i].last
+            f.addr[i] = e[k * LCAP + i].addr
+            f.meta[i] = e[k * LCAP + i].meta
+    for lev in range(1, h + 1):          # inner levels: full, the last node has >= 2
+        c = sizes[lev - 1]
+        for q in range(sizes[lev]):
+            lo = q * ICAP
+            hi = lo + ICAP if lo + ICAP < c else c
+            if q == sizes[lev] - 1 and hi - lo == 1 and q > 0:
+                lo -= 1
+            if q == sizes[lev] - 2 and c - (q + 1) * ICAP == 1:
+                hi -= 1
+            x = <Inner *>allp[off[lev] + q]
+            x.n = <int>(hi - lo)
+            for j in range(x.n):
+                x.child[j] = allp[off[lev - 1] + lo + j]
+                refresh(x, j, lev - 1)
+    t.root = allp[total - 1]
+    t.head = <Leaf *>allp[0]
+    t.height = h
+    t.count = m
+    t.nleaf = sizes[0]
+    t.ninner = total - sizes[0]
+    if h == 0:
+        leaf_agg(<Leaf *>t.root, &t.maxlast, &t.span)
+    else:
+        inner_agg(<Inner *>t.root, &t.maxlast, &t.span)
+    PyMem_Free(allp)
+    return 0
+
+
+# ----------------------------------------------------------------------------- args
+cdef int _u64(object v, object name, uint64_t *out) except -1:
+    # *out = v as a u64; non-ints and out-of-range values raise exactly as _map.u64
+    cdef unsigned long r
+    if PyLong_Check(v):
+        r = _as_ulong(v)
+        if r != <unsigned long>-1 or PyErr_Occurred() == NULL:
+            out[0] = r
+            return 0
+        PyErr_Clear()
+    out[0] = _as_ulong(_py_u64(v, name))
+    return 0
+
+
+cdef int _perm8(object v, object name, uint64_t *out) except -1:
+    # *out = v as a perm (0..255); otherwise raises exactly as _map.perm8
+    cdef unsigned long r
+    if PyLong_Check(v):
+        r = _as_ulong(v)
+        if r <= 255:
+            out[0] = r
+            return 0
+        if r == <unsigned long>-1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+    out[0] = _as_ulong(_py_perm8(v, name))
+    return 0
+
+
+cdef object _Map = Map
+cdef object _PERM_RW = Perm.RW
+cdef object _PERM_RO = Perm.RO
+cdef object _EFAULT = _errno.EFAULT
+cdef object _EPERM = _errno.EPERM
+cdef carray.array _QTEMPLATE = _array.array("Q")
+
+
+def _fail(rc, addr, s, l, perm, access):
+    """(internal) the translate exception for a failure code of the C loop."""
+    if rc == 1:
+        return IOTLBError(_EFAULT, f"translate: no mapping at iova {addr:#x}", iova=addr)
+    if rc == 2:
+        return IOTLBError(_EPERM,
+                          f"translate: entry [{s:#x}, {l:#x}] has perm {perm}, access "
+                          f"{access} needed at iova {addr:#x}", iova=addr)
+    return OverflowError(f"translate: host address of iova {addr:#x} runs past 2**64-1")
+
+
+# ----------------------------------------------------------------------------- engine
+@cython.no_gc_clear   # a ctx finalizer must never see _ctx already set to None
+cdef class IOTLB:
+    """An IOTLB: overlapping-allowed interval map of inclusive u64 ranges.
+
+    ``limit`` (0 = unlimited) with ``retire=True`` evicts the oldest insertion when
+    full (``VHOST_IOTLB_FLAG_RETIRE``); without ``retire`` the limit is recorded but
+    not enforced, as in the kernel.
+
+    >>> t = IOTLB()
+    >>> t.map(0x1000, 0x1fff, 0x8000)
+    >>> t.translate(0x1800, 16)
+    [(34816, 16)]
+    >>> len(t), t.unmap(), len(t)
+    (1, 1, 0)
+    """
+
+    cdef Tree t
+    cdef uint64_t _limit
+    cdef bint _retire
+    cdef dict _ctx            # seq -> ctx, for entries whose meta has HASCTX
+    cdef Py_ssize_t _version  # bumped by every change (iterators compare it)
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self._ctx = {}
+
+    def __init__(self, limit=0, *, retire=False):
+        cdef uint64_t lim
+        _u64(limit, "limit", &lim)
+        if not isinstance(retire, (bool, int)):
+            raise TypeError(f"retire must be a bool, got {type(retire).__name__}")
+        old = self._ctx
+        t_clear(&self.t)
+        self._ctx = {}
+        self.t.seq = 0
+        self._limit = lim
+        self._retire = bool(retire)
+        self._version += 1
+
+    def __dealloc__(self):
+        t_free(&self.t)
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def limit(self):
+        """The entry limit (0 = unlimited).
+
+        >>> IOTLB(8, retire=True).limit
+        8
+        """
+        return self._limit
+
+    @property
+    def retire(self):
+        """Whether ``VHOST_IOTLB_FLAG_RETIRE`` is set.
+
+        >>> IOTLB(8, retire=True).retire
+        True
+        """
+        return self._retire
+
+    # ----------------------------------------------------------------- core (C level)
+    cdef object _delete_path(self, Path *p):
+        # drop the entry at p; returns its ctx, which the caller releases only after
+        # the tree is consistent (a finalizer may call back into the tree)
+        cdef uint64_t meta = p.leaf.meta[p.slot]
+        ctx = None
+        if meta & HASCTX:
+            ctx = self._ctx.pop(meta >> 9, None)
+        t_delete(&self.t, p)
+        self._version += 1
+        return ctx
+
+    cdef int _add(self, uint64_t s, uint64_t l, uint64_t a, uint64_t perm,
+                  object ctx) except -1:
+        # the core of add_range_ctx: retire the oldest if full, then insert (s <= l);
+        # allocations happen before any change, so MemoryError leaves the tree intact
+        cdef bint fifo = self._limit != 0 and self._retire
+        cdef uint64_t q, meta
+        cdef Path p
+        cdef Tree *t = &self.t
+        old = None
+        t_reserve(t)
+        if fifo:
+            q_ready(t)
+        q = t.seq
+        if q >= SEQ_END:
+            raise OverflowError("IOTLB: insertion counter exhausted")
+        if fifo and <uint64_t>t.count >= self._limit:
+            while t.qhead < t.qtail:
+                t.qhead += 1
+                if t_find_key(t, t.q[t.qhead - 1].start, t.q[t.qhead - 1].seq, &p):
+                    old = self._delete_path(&p)
+                    break
+        meta = (q << 9) | perm
+        if ctx is not None:
+            self._ctx[q] = ctx
+            meta |= HASCTX
+        t.seq = q + 1
+        t_insert(t, s, l, a, meta)
+        if fifo:
+            t.q[t.qtail].start = s
+            t.q[t.qtail].seq = q
+            t.qtail += 1
+        self._version += 1
+        return 0
+
+    @cython.boundscheck(False)   # i < n == length of every view (map_many checked)
+    @cython.wraparound(False)    # indices are never negative
+    cdef int _bulk(self, const uint64_t[::1] vs, const uint64_t[::1] vl,
+                   const uint64_t[::1] va, const uint64_t[::1] vp, uint64_t p,
+                   bint scalar) except -1:
+        # map_many into an empty tree: the validated items, full-space ones split, as
+        # packed sorted nodes; with retire only the last `limit` survive, exactly as
+        # one map() after another would leave them (no ctx, so nothing is released)
+        cdef Py_ssize_t n = vs.shape[0], m = 0, i, keep, k
+        cdef Tree *t = &self.t
+        cdef bint fifo = self._limit != 0 and self._retire
+        cdef bint ordered = True
+        cdef uint64_t s, l, a, seq = t.seq
+        cdef Ent *e
+        cdef Ent *kept
+        cdef QKey *nq
+        for i in range(n):
+            m += 2 if vs[i] == 0 and vl[i] == UMAX else 1
+        if seq + <uint64_t>m >= SEQ_END:
+            raise OverflowError("IOTLB: insertion counter exhausted")
+        e = <Ent *>PyMem_Malloc(m * sizeof(Ent))
+        if e == NULL:
+            raise MemoryError()
+        try:
+            k = 0
+            for i in range(n):
+                s = vs[i]
+                l = vl[i]
+                a = va[i]
+                if not scalar:
+                    p = vp[i]
+                if s == 0 and l == UMAX:
+                    e[k].start = 0
+                    e[k].last = HALF_C - 1
+                    e[k].addr = a
+                    e[k].seq = seq
+                    e[k].meta = (seq << 9) | p
+                    k += 1
+                    seq += 1
+                    s = HALF_C
+                    a += HALF_C
+                e[k].start = s
+                e[k].last = l
+                e[k].addr = a
+                e[k].seq = seq
+                e[k].meta = (seq << 9) | p
+                k += 1
+                seq += 1
+            keep = m
+            if fifo and <uint64_t>m > self._limit:
+                keep = <Py_ssize_t>self._limit
+            kept = e + (m - keep)           # the survivors, oldest first
+            if fifo:
+                if t.qcap < keep:
+                    nq = <QKey *>PyMem_Realloc(t.q, keep * sizeof(QKey))
+                    if nq == NULL:
+                        raise MemoryError()
+                    t.q = nq
+                    t.qcap = keep
+                for k in range(keep):
+                    t.q[k].start = kept[k].start
+                    t.q[k].seq = kept[k].seq
+            for k in range(1, keep):
+                if kept[k].start < kept[k - 1].start:
+                    ordered = False
+                    break
+            if not ordered:
+                qsort(kept, keep, sizeof(Ent), ent_key_cmp)
+            t_bulk(t, kept, keep)
+            if fifo:
+                t.qhead = 0
+                t.qtail = keep
+            t.seq = seq
+            self._version += 1
+        finally:
+            PyMem_Free(e)
+        return 0
+
+    cdef object _mk(self, Leaf *f, int i):
+        # the Map of slot i of f (values copied out before any allocation)
+        cdef uint64_t s = f.start[i], l = f.last[i], a = f.addr[i], meta = f.meta[i]
+        if meta & HASCTX:
+            return iotlb_make_map(_Map, s, l, a, meta & 0xff, self._ctx.get(meta >> 9))
+        return iotlb_make_map(_Map, s, l, a, meta & 0xff, None)
+
+    cdef int _xlate(self, uint64_t iova, uint64_t last, uint64_t access, list out,
+                    uint64_t *host0, XFail *fail) except -1:
+        # translate [iova, last]: 0 ok (host0 = first segment's host; segments appended
+        # to out unless None), 1 hole (EFAULT), 2 perm (EPERM), 3 host overflow
+        cdef Path p
+        cdef Leaf *f
+        cdef uint64_t addr = iova, es, el, ea, perm, host, end
+        cdef bint first = True
+        while True:
+            if not t_find(&self.t, addr, last, 0, 0, &p) or p.leaf.start[p.slot] > addr:
+                fail.addr = addr
+                return 1
+            f = p.leaf
+            es = f.start[p.slot]
+            el = f.last[p.slot]
+            ea = f.addr[p.slot]
+            perm = f.meta[p.slot] & 0xff
+            if perm & access != access:
+                fail.addr = addr
+                fail.start = es
+                fail.last = el
+                fail.perm = perm
+                return 2
+            end = last if last < el else el
+            if addr - es > UMAX - ea or ea + (addr - es) > UMAX - (end - addr):
+                fail.addr = addr
+                return 3
+            host = ea + (addr - es)
+            if first:
+                host0[0] = host
+                first = False
+            if out is not None:
+                out.append((host, end - addr + 1))
+            if end == last:
+                return 0
+            addr = end + 1
+
+    # ----------------------------------------------------------------- mutation
+    def map(self, start, last, addr, perm=_PERM_RW, ctx=None):
+        """Add ``[start, last] -> addr`` (``vhost_iotlb_add_range_ctx``).
+
+        Overlaps are kept.  ``last < start`` is EFAULT.  Exactly ``[0, 2**64-1]`` is
+        stored as two halves ``[0, 2**63-1] -> addr`` and ``[2**63, ~0] -> addr+2**63``.
+
+        >>> t = IOTLB()
+        >>> t.map(0, 2**64 - 1, 0)
+        >>> [(hex(m.start), hex(m.last), hex(m.addr)) for m in t]
+        [('0x0', '0x7fffffffffffffff', '0x0'), ('0x8000000000000000', '0xffffffffffffffff', '0x8000000000000000')]
+        """
+        cdef uint64_t s, l, a, p
+        _u64(start, "start", &s)
+        _u64(last, "last", &l)
+        _u64(addr, "addr", &a)
+        if perm is _PERM_RW:
+            p = 3
+        else:
+            _perm8(perm, "perm", &p)
+        if l < s:
+            raise IOTLBError(_EFAULT, f"map: last {l:#x} < start {s:#x}")
+        if s == 0 and l == UMAX:
+            if a > UMAX - HALF_C:
+                raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
+                                    f"in 64 bits, got addr {a:#x}")
+            self._add(0, HALF_C - 1, a, p, ctx)
+            s = HALF_C
+            a += HALF_C
+        self._add(s, l, a, p, ctx)
+
+    def unmap(self, start=0, last=U64_MAX):
+        """Remove every entry overlapping ``[start, last]`` whole; return how many.
+
+        Entries are never split (``vhost_iotlb_del_range``).  With no arguments
+        everything goes, in O(n).
+
+        >>> t = IOTLB()
+        >>> t.map(0, 0xfff, 0); t.map(0x1000, 0x1fff, 0x1000)
+        >>> t.unmap(0xfff, 0xfff), [m.start for m in t]
+        (1, [4096])
+        """
+        cdef uint64_t s, l
+        cdef Py_ssize_t n = 0
+        cdef Path p
+        _u64(start, "start", &s)
+        _u64(last, "last", &l)
+        if s == 0 and l == UMAX:
+            n = self.t.count
+            self.reset()
+            return n
+        ctx = None
+        while t_find(&self.t, s, l, 0, 0, &p):
+            ctx = self._delete_path(&p)   # the previous ctx is released here
+            n += 1
+        return n
+
+    def reset(self):
+        """Remove everything; ``limit`` and ``retire`` stay (``vhost_iotlb_reset``).
+
+        >>> t = IOTLB(4, retire=True); t.map(0, 1, 2); t.reset()
+        >>> len(t), t.limit, t.retire
+        (0, 4, True)
+        """
+        old = self._ctx        # released after the tree is empty
+        self._ctx = {}
+        t_clear(&self.t)
+        self._version += 1
+
+    # ----------------------------------------------------------------- lookup
+    def first(self, start, last):
+        """The overlapping entry with the lowest start, ties by insertion
+        (``vhost_iotlb_itree_first``), or None.
+
+        >>> t = IOTLB(); t.map(0x2000, 0x2fff, 0); t.map(0x1000, 0x2fff, 7)
+        >>> t.first(0x2800, 0x2800).addr
+        7
+        >>> t.first(0x3000, 0x4000) is None
+        True
+        """
+        cdef uint64_t s, l
+        cdef Path p
+        _u64(start, "start", &s)
+        _u64(last, "last", &l)
+        if t_find(&self.t, s, l, 0, 0, &p):
+            return self._mk(p.leaf, p.slot)
+        return None
+
+    def overlapping(self, start, last):
+        """All entries overlapping ``[start, last]``, ascending start, ties in
+        insertion order (``vhost_iotlb_itree_first`` + ``_next``).
+
+        Mutating the tree while iterating raises RuntimeError.
+
+        >>> t = IOTLB(); t.map(0, 9, 0); t.map(5, 20, 0); t.map(30, 40, 0)
+        >>> [m.start for m in t.overlapping(8, 30)]
+        [0, 5, 30]
+        """
+        cdef uint64_t s, l
+        _u64(start, "start", &s)
+        _u64(last, "last", &l)
+        return _iter_new(self, s, l)
+
+    def translate(self, iova, size, access=_PERM_RO):
+        """Translate ``[iova, iova+size-1]`` into ``(host_addr, length)`` segments,
+        one per entry crossed (vhost.c ``translate_desc``, vringh ``iotlb_translate``).
+
+        A hole anywhere raises IOTLBError EFAULT with ``.iova`` = first missing
+        address; an entry whose perm lacks any bit of ``access`` raises EPERM.  There
+        is never a partial result.
+
+        >>> t = IOTLB(); t.map(0, 0xfff, 0x10000); t.map(0x1000, 0x1fff, 0x30000, Perm.RO)
+        >>> [(hex(a), n) for a, n in t.translate(0xff0, 0x20)]
+        [('0x10ff0', 16), ('0x30000', 16)]
+        >>> t.translate(0x1000, 1, Perm.WO)
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [EPERM] translate: entry [0x1000, 0x1fff] has perm 1, access 2 needed at iova 0x1000
+        """
+        cdef uint64_t i, sz, acc, host
+        cdef XFail fl
+        cdef list out
+        cdef int rc
+        _u64(iova, "iova", &i)
+        _u64(size, "size", &sz)
+        if access is _PERM_RO:
+            acc = 1
+        else:
+            _perm8(access, "access", &acc)
+        if sz == 0:
+            raise ValueError("translate: size must be > 0")
+        if sz - 1 > UMAX - i:
+            raise OverflowError(f"translate: iova {i:#x} + size {sz:#x} runs past "
+                                f"2**64-1")
+        out = []
+        rc = self._xlate(i, i + (sz - 1), acc, out, &host, &fl)
+        if rc == 0:
+            return out
+        raise _fail(rc, fl.addr, fl.start, fl.last, fl.perm, acc)
+
+    # ----------------------------------------------------------------- batch forms
+    @cython.boundscheck(False)   # every index is < n, the common length checked above
+    @cython.wraparound(False)    # indices are never negative
+    def map_many(self, starts, lasts, addrs, perms=_PERM_RW):
+        """``map`` for every i, in order, from uint64 buffers; all-or-nothing.
+
+        ``perms`` is one int for all or a uint64 buffer.  Every item is checked before
+        anything is inserted; a bad item raises with ``.index`` (IOTLBError) or names
+        its index (TypeError/OverflowError).  Returns the number of items.
+
+        >>> from array import array
+        >>> t = IOTLB()
+        >>> t.map_many(array('Q', [0, 0x1000]), array('Q', [0xfff, 0x1fff]), array('Q', [0, 0]))
+        2
+        """
+        cdef const uint64_t[::1] vs = _u64_buffer(starts, "starts")
+        cdef const uint64_t[::1] vl = _u64_buffer(lasts, "lasts")
+        cdef const uint64_t[::1] va = _u64_buffer(addrs, "addrs")
+        cdef const uint64_t[::1] vp
+        cdef Py_ssize_t n = vs.shape[0], i
+        cdef uint64_t p = 3, s, l, a
+        cdef bint scalar = True
+        if vl.shape[0] != n or va.shape[0] != n:
+            raise ValueError(f"map_many: buffers differ in length ({n}, {vl.shape[0]}, "
+                             f"{va.shape[0]})")
+        if isinstance(perms, (int, Perm)) or hasattr(perms, "__index__"):
+            _perm8(perms, "perm", &p)
+        else:
+            vp = _u64_buffer(perms, "perms")
+            scalar = False
+            if vp.shape[0] != n:
+                raise ValueError(f"map_many: perms has {vp.shape[0]} items, expected {n}")
+        for i in range(n):
+            s = vs[i]
+            l = vl[i]
+            if not scalar and vp[i] > 255:
+                raise OverflowError(f"map_many: perms[{i}] must be in 0..255, got "
+                                    f"{vp[i]}")
+            if l < s:
+                raise IOTLBError(_EFAULT, f"map_many: item {i}: last {l:#x} < "
+                                 f"start {s:#x}", index=i)
+            if s == 0 and l == UMAX and va[i] > UMAX - HALF_C:
+                raise OverflowError(f"map_many: item {i}: full-space mapping needs "
+                                    f"addr + 2**63 to fit in 64 bits")
+        if self.t.count == 0 and n >= 64:
+            self._bulk(vs, vl, va, vp, p, scalar)
+            return n
+        for i in range(n):
+            s = vs[i]
+            l = vl[i]
+            a = va[i]
+            if not scalar:
+                p = vp[i]
+            if s == 0 and l == UMAX:
+                self._add(0, HALF_C - 1, a, p, None)
+                s = HALF_C
+                a += HALF_C
+            self._add(s, l, a, p, None)
+        return n
+
+    @cython.boundscheck(False)   # every index is < n, the common length checked above
+    @cython.wraparound(False)    # indices are never negative
+    def translate_many(self, iovas, sizes=1, access=_PERM_RO, *, default=None):
+        """For every i, the host address of ``iovas[i]`` when all of
+        ``[iovas[i], iovas[i]+sizes[i]-1]`` translates with ``access``.
+
+        ``sizes`` is one int or a uint64 buffer.  A failing item raises its
+        IOTLBError with ``.index`` set, or, when ``default`` is given, yields
+        ``default`` instead.  Returns ``array('Q')``.
+
+        >>> from array import array
+        >>> t = IOTLB(); t.map(0x1000, 0x1fff, 0x9000)
+        >>> list(t.translate_many(array('Q', [0x1000, 0x1ff0, 0x5000]), 16, default=0))
+        [36864, 40944, 0]
+        """
+        cdef const uint64_t[::1] vi = _u64_buffer(iovas, "iovas")
+        cdef const uint64_t[::1] vsz
+        cdef Py_ssize_t n = vi.shape[0], i
+        cdef uint64_t size = 0, dflt = 0, acc = 1, iova, sz, host = 0
+        cdef bint scalar = True, has_default = default is not None
+        cdef carray.array out
+        cdef uint64_t *o
+        cdef XFail fl
+        cdef int rc
+        if isinstance(sizes, int) or hasattr(sizes, "__index__"):
+            _u64(sizes, "sizes", &size)
+        else:
+            vsz = _u64_buffer(sizes, "sizes")
+            scalar = False
+            if vsz.shape[0] != n:
+                raise ValueError(f"translate_many: sizes has {vsz.shape[0]} items, "
+                                 f"expected {n}")
+        if has_default:
+            _u64(default, "default", &dflt)
+        out = carray.clone(_QTEMPLATE, n, False)
+        o = <uint64_t *>out.data.as_ulonglongs
+        if n and access is not _PERM_RO:
+            try:
+                _perm8(access, "access", &acc)
+            except (ValueError, OverflowError) as e:
+                raise type(e)(f"translate_many: item 0: {e}") from None
+        for i in range(n):
+            iova = vi[i]
+            sz = size if scalar else vsz[i]
+            if sz == 0:
+                raise ValueError(f"translate_many: item {i}: translate: size must be > 0")
+            if sz - 1 > UMAX - iova:
+                raise OverflowError(f"translate_many: item {i}: translate: iova "
+                                    f"{iova:#x} + size {sz:#x} runs past 2**64-1")
+            rc = self._xlate(iova, iova + (sz - 1), acc, None, &host, &fl)
+            if rc == 0:
+                o[i] = host
+            elif rc == 3:
+                raise OverflowError(f"translate_many: item {i}: translate: host address "
+                                    f"of iova {fl.addr:#x} runs past 2**64-1")
+            elif has_default:
+                o[i] = dflt
+            else:
+                e = _fail(rc, fl.addr, fl.start, fl.last, fl.perm, acc)
+                e.index = i
+                raise e
+        return out
+
+    # ----------------------------------------------------------------- container
+    def __len__(self):
+        return self.t.count
+
+    def __bool__(self):
+        return self.t.count != 0
+
+    def __iter__(self):
+        return _iter_new(self, 0, UMAX)
+
+    def __eq__(self, other):
+        cdef Leaf *f
+        cdef Leaf *g
+        cdef int i = 0, k = 0
+        if isinstance(other, IOTLB):
+            if self.t.count != (<IOTLB>other).t.count:
+                return False
+            f = self.t.head
+            g = (<IOTLB>other).t.head
+            while f != NULL and g != NULL:
+                if i == f.n:
+                    f = f.next
+                    i = 0
+                    continue
+                if k == g.n:
+                    g = g.next
+                    k = 0
+                    continue
+                if (f.start[i] != g.start[k] or f.last[i] != g.last[k]
+                        or f.addr[i] != g.addr[k]
+                        or (f.meta[i] & 0xff) != (g.meta[k] & 0xff)):
+                    return False
+                i += 1
+                k += 1
+            return True
+        if not isinstance(other, IOTLBBase):
+            return NotImplemented
+        if len(self) != len(other):
+            return False
+        return all(a[:4] == b[:4] for a, b in zip(self, other))
+
+    def __ne__(self, other):
+        r = self.__eq__(other)
+        if r is NotImplemented:
+            return r
+        return not r
+
+    __hash__ = None  # mutable
+
+    def __repr__(self):
+        shown = [repr(m) for m in _itertools.islice(self, 8)]
+        if len(self) > 8:
+            shown.append(f"... {len(self) - 8} more")
+        return (f"IOTLB([{', '.join(shown)}], limit={self._limit}, "
+                f"retire={bool(self._retire)})")
+
+    def _insertion_order(self):
+        """Every entry as ``(start, last, addr, perm, ctx)``, oldest first.
+
+        >>> t = IOTLB(); t.map(5, 6, 0); t.map(1, 2, 0, ctx="c")
+        >>> t._insertion_order()
+        [(5, 6, 0, 3, None), (1, 2, 0, 3, 'c')]
+        """
+        cdef Py_ssize_t n = self.t.count, k = 0, i
+        cdef Ent *e
+        cdef Leaf *f = self.t.head
+        cdef list res
+        if n == 0:
+            return []
+        e = <Ent *>PyMem_Malloc(n * sizeof(Ent))
+        if e == NULL:
+            raise MemoryError()
+        try:
+            while f != NULL:
+                for i in range(f.n):
+                    e[k].seq = f.meta[i] >> 9
+                    e[k].start = f.start[i]
+                    e[k].last = f.last[i]
+                    e[k].addr = f.addr[i]
+                    e[k].meta = f.meta[i]
+                    k += 1
+                f = f.next
+            qsort(e, n, sizeof(Ent), ent_cmp)
+            ctxs = self._ctx
+            res = [None] * n
+            for i in range(n):
+                res[i] = (e[i].start, e[i].last, e[i].addr, e[i].meta & 0xff,
+                          ctxs.get(e[i].seq) if e[i].meta & HASCTX else None)
+            return res
+        finally:
+            PyMem_Free(e)
+
+    def _load(self, entries):
+        """Append stored entries (already split halves) in the given order.
+
+        >>> t = IOTLB(); t._load([(1, 2, 3, 1, None)]); list(t)
+        [Map(start=0x1, last=0x2, addr=0x3, perm=1)]
+        """
+        cdef uint64_t s, l, a, p
+        for start, last, addr, perm, ctx in entries:
+            _u64(start, "start", &s)
+            _u64(last, "last", &l)
+            _u64(addr, "addr", &a)
+            _perm8(perm, "perm", &p)
+            if l < s:
+                raise ValueError(f"_load: last {l:#x} < start {s:#x}")
+            self._add(s, l, a, p, ctx)
+
+    def copy(self):
+        """A new tree with the same limit, retire flag, entries, ctx and insertion
+        order.
+
+        >>> t = IOTLB(); t.map(1, 2, 3, ctx="x"); c = t.copy()
+        >>> c == t, next(iter(c)).ctx
+        (True, 'x')
+        """
+        cdef IOTLB new = type(self)(self._limit, retire=self._retire)
+        cdef Tree *d = &new.t
+        cdef Tree *t = &self.t
+        cdef Leaf *prev = NULL
+        cdef Py_ssize_t live
+        if d.root != NULL or t.root == NULL:   # a subclass filled it: stay generic
+            new._load(self._insertion_order())
+            return new
+        live = t.qtail - t.qhead
+        if live:
+            d.q = <QKey *>PyMem_Malloc(live * sizeof(QKey))
+            if d.q == NULL:
+                raise MemoryError()
+            memcpy(d.q, &t.q[t.qhead], live * sizeof(QKey))
+            d.qcap = d.qtail = live
+            d.qhead = 0
+        d.root = clone_rec(d, t.root, t.height, &prev)
+        if d.root == NULL:
+            d.head = NULL
+            d.nleaf = d.ninner = 0
+            raise MemoryError()
+        d.height = t.height
+        d.maxlast = t.maxlast
+        d.span = t.span
+        d.count = t.count
+        d.seq = t.seq
+        new._ctx = dict(self._ctx)
+        return new
+
+    def __copy__(self):
+        """``copy.copy(t)`` is ``t.copy()``.
+
+        >>> import copy; t = IOTLB(); t.map(1, 2, 3); copy.copy(t) == t
+        True
+        """
+        return self.copy()
+
+    def __reduce__(self):
+        """Pickle as ``_pyengine._restore(cls, limit, retire, entries)``, the format
+        both engines share (entries in insertion order, with their ctx).
+
+        >>> import pickle; t = IOTLB(2, retire=True); t.map(1, 2, 3, ctx="c")
+        >>> u = pickle.loads(pickle.dumps(t)); u == t, u.limit, u._insertion_order()
+        (True, 2, [(1, 2, 3, 3, 'c')])
+        """
+        return (_restore, (type(self), self._limit, bool(self._retire),
+                           self._insertion_order()))
+
+    def __sizeof__(self):
+        """The object plus every byte of C memory it holds (nodes, spares, queue).
+
+        >>> t = IOTLB(); n = t.__sizeof__()
+        >>> for i in range(1000): t.map(i * 16, i * 16 + 15, 0)
+        >>> 32_000 < t.__sizeof__() - n < 64_000
+        True
+        """
+        cdef Tree *t = &self.t
+        return (object.__sizeof__(self)
+                + (t.nleaf + t.nspare_leaf) * sizeof(Leaf)
+                + (t.ninner + t.nspare_inner) * sizeof(Inner)
+                + t.qcap * sizeof(QKey))
+
+    # ----------------------------------------------------------------- invariants
+    def _check(self):
+        """Assert every structural invariant (sortedcontainers' ``_check`` idiom).
+
+        >>> t = IOTLB(2, retire=True); t.map(0, 9, 0); t.map(5, 6, 1, ctx=1); t._check()
+        """
+        was_enabled = _gc.isenabled()
+        _gc.disable()     # no finalizer may change the tree while it is walked
+        try:
+            self._check_walk()
+        finally:
+            if was_enabled:
+                _gc.enable()
+
+    cdef _check_walk(self):
+        # _check's body (runs with the garbage collector off)
+        cdef Tree *t = &self.t
+        cdef _Chk st = _Chk()
+        cdef uint64_t ml = 0, sp = 0, ks = 0, kq = 0
+        cdef Path p
+        cdef Py_ssize_t i
+        if t.root == NULL:
+            _req(t.count == 0 and t.head == NULL and t.height == 0, "empty tree state")
+            _req(t.nleaf == 0 and t.ninner == 0, "empty tree node counts")
+        else:
+            st.expect = t.head
+            st.seq_end = t.seq
+            _chk_node(st, t.root, t.height, True, True, &ml, &sp, &ks, &kq)
+            _req(st.expect == NULL, "leaf chain runs past the last leaf")
+            _req(st.count == t.count, f"count {t.count} != entries {st.count}")
+            _req(st.nleaf == t.nleaf and st.ninner == t.ninner, "node counts")
+            _req(ml == t.maxlast, "root max last")
+            _req(sp == t.span, "root span")
+        _req(t.height < MAXH, "height")
+        _req(0 <= t.nspare_leaf <= NSPARE_L and 0 <= t.nspare_inner <= NSPARE_I, "spares")
+        _req(set(self._ctx) == st.ctx_seqs, "ctx table != has_ctx bits")
+        _req(all(c is not None for c in self._ctx.values()), "None stored as ctx")
+        if self._limit and self._retire:
+            _req(<uint64_t>t.count <= self._limit, "more entries than limit")
+            _req(0 <= t.qhead <= t.qtail <= t.qcap, "queue bounds")
+            live = []
+            for i in range(t.qhead, t.qtail):
+                _req(i == t.qhead or t.q[i].seq > t.q[i - 1].seq,
+                     "queue not in insertion order")
+                if t_find_key(t, t.q[i].start, t.q[i].seq, &p):
+                    live.append((t.q[i].start, t.q[i].seq))
+            order = sorted(st.keys, key=lambda k: k[1])
+            _req(live == order, "retire queue does not list every entry in insertion order")
+        else:
+            _req(t.qhead == t.qtail == 0, "queue used without retire")
+
+
+def _req(ok, what):
+    """(internal) raise AssertionError(what) unless ok (works under python -O too)."""
+    if not ok:
+        raise AssertionError(f"IOTLB invariant: {what}")
+
+
+@cython.final
+cdef class _Chk:
+    # walk state of IOTLB._check
+    cdef Leaf *expect
+    cdef Py_ssize_t count, nleaf, ninner
+    cdef uint64_t ps, pq, seq_end
+    cdef bint started
+    cdef set ctx_seqs
+    cdef list keys
+
+    def __cinit__(self):
+        self.ctx_seqs = set()
+        self.keys = []
+
+
+cdef int _chk_node(_Chk st, void *node, int level, bint rs, bint root, uint64_t *ml,
+                   uint64_t *sp, uint64_t *ks, uint64_t *kq) except -1:
+    # check node's subtree; return its exact max last, max span and min key
+    cdef Leaf *f
+    cdef Inner *x
+    cdef int i, j, n = node_n(node, level)
+    cdef uint64_t m = 0, s = 0, cml, csp, cks, ckq, q
+    _req(1 <= n, "empty node")
+    if level == 0:
+        f = <Leaf *>node
+        _req(n <= LCAP, "leaf overfull")
+        _req(root or rs or n >= LMIN, f"leaf under-full ({n}) off the right spine")
+        _req(f == st.expect, "leaf chain out of order")
+        st.expect = f.next
+        st.nleaf += 1
+        for i in range(n):
+            q = f.meta[i] >> 9
+            _req(f.start[i] <= f.last[i], "entry with last < start")
+            _req(q < st.seq_end, "seq not below the counter")
+            _req(not st.started or st.ps < f.start[i]
+                 or (st.ps == f.start[i] and st.pq < q), "keys not strictly ascending")
+            _req((f.meta[i] >> 8) & 1 == ((f.meta[i] & HASCTX) != 0), "meta bits")
+            st.started = True
+            st.ps = f.start[i]
+            st.pq = q
+            st.keys.append((f.start[i], q))
+            if f.meta[i] & HASCTX:
+                st.ctx_seqs.add(q)
+            if f.last[i] > m:
+                m = f.last[i]
+            if f.last[i] - f.start[i] > s:
+                s = f.last[i] - f.start[i]
+        st.count += n
+        ml[0] = m
+        sp[0] = s
+        ks[0] = f.start[0]
+        kq[0] = f.meta[0] >> 9
+        return 0
+    x = <Inner *>node
+    st.ninner += 1
+    _req(n <= ICAP, "inner node overfull")
+    _req(n >= 2, "inner node with one child")
+    _req(root or rs or n >= IMIN, f"inner node under-full ({n}) off the right spine")
+    for j in range(n):
+        _chk_node(st, x.child[j], level - 1, rs and j == n - 1, False,
+                  &cml, &csp, &cks, &ckq)
+        _req(x.kstart[j] == cks and x.kseq[j] == ckq, "child min key record")
+        _req(x.maxlast[j] == cml, "child max last record")
+        _req(x.span[j] >= csp, "child span bound below the true span")
+        _req(x.span[j] == csp, "child span record not exact")
+        if cml > m:
+            m = cml
+        if csp > s:
+            s = csp
+    ml[0] = m
+    sp[0] = s
+    ks[0] = x.kstart[0]
+    kq[0] = x.kseq[0]
+    return 0
+
+
+# ----------------------------------------------------------------------------- iterator
+@cython.final
+cdef class _Iter:
+    # overlapping()/__iter__ cursor: (leaf, slot) valid only while the tree's version
+    # is the one seen at the first next(); a change raises RuntimeError
+    cdef IOTLB tree
+    cdef Leaf *leaf
+    cdef int slot
+    cdef int state           # 0 not started, 1 running, 2 finished
+    cdef uint64_t s, l
+    cdef Py_ssize_t version
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Path p
+        cdef Tree *t = &self.tree.t
+        cdef Leaf *f
+        cdef int i
+        if self.state == 2:
+            raise StopIteration
+        if self.state == 0:
+            self.state = 1
+            self.version = self.tree._version
+            if not t_find(t, self.s, self.l, 0, 0, &p):
+                self.state = 2
+                raise StopIteration
+            f = p.leaf
+            i = p.slot
+        else:
+            if self.tree._version != self.version:
+                self.state = 2
+                raise RuntimeError("IOTLB changed size during iteration")
+            f = self.leaf
+            i = self.slot + 1
+            while True:
+                if i < f.n:
+                    if f.start[i] > self.l:
+                        self.state = 2
+                        raise StopIteration
+                    if f.last[i] >= self.s:
+                        break
+                    i += 1
+                elif self.s == 0 and self.l == UMAX:
+                    f = f.next
+                    i = 0
+                    if f == NULL:
+                        self.state = 2
+                        raise StopIteration
+                else:
+                    if not t_find(t, self.s, self.l, self.leaf.start[self.slot],
+                                  (self.leaf.meta[self.slot] >> 9) + 1, &p):
+                        self.state = 2
+                        raise StopIteration
+                    f = p.leaf
+                    i = p.slot
+                    break
+        self.leaf = f
+        self.slot = i
+        return self.tree._mk(f, i)
+
+
+cdef _Iter _iter_new(IOTLB tree, uint64_t s, uint64_t l):
+    # a lazy cursor over the entries of tree overlapping [s, l]
+    cdef _Iter it = _Iter.__new__(_Iter)
+    it.tree = tree
+    it.s = s
+    it.l = l
+    return it
+
+
+IOTLBBase.register(IOTLB)

@@ -41,7 +41,7 @@ from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport qsort
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, memset
 
 import array as _array
 import errno as _errno
@@ -659,14 +659,17 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
     refresh(x, b, clevel)
 
 
-cdef void t_delete(Tree *t, Path *p) noexcept:
+cdef bint t_delete(Tree *t, Path *p) noexcept:
     # vhost_iotlb_map_free on the tree: remove the entry at p (filled by a search just
-    # before), rebalance bottom-up, keep every record and the root aggregates exact
+    # before), rebalance bottom-up, keep every record and the root aggregates exact;
+    # true when p's leaf kept its place (no rebalance there): p then still holds the
+    # path, and p.slot the entry that followed the removed one (if p.slot < leaf.n)
     cdef Leaf *f = p.leaf
     cdef int i = p.slot, level, j, cn
     cdef uint64_t s = f.start[i], l = f.last[i], sp, q = f.meta[i] >> 9
     cdef uint64_t oks, okq, oml, osp
     cdef bint dirty = True    # x's record of the child below may be stale
+    cdef bint intact = True
     cdef Inner *x
     sp = l - s
     leaf_move(f, i, f, i + 1, f.n - i - 1)
@@ -692,8 +695,10 @@ cdef void t_delete(Tree *t, Path *p) noexcept:
         if cn < (LMIN if level == 1 else IMIN):
             rebalance(t, x, j, level - 1)
             dirty = True      # x may have lost a child: check it one level up
+            if level == 1:
+                intact = False
         elif not dirty:
-            return            # records, counts and aggregates above are all unchanged
+            return intact     # records, counts and aggregates above are all unchanged
         level += 1
     if t.height == 0:
         if f.n == 0:
@@ -702,10 +707,10 @@ cdef void t_delete(Tree *t, Path *p) noexcept:
             t.head = NULL
             t.maxlast = 0
             t.span = 0
-            return
+            return False
         if t.maxlast == l or t.span == sp:
             leaf_agg(f, &t.maxlast, &t.span)
-        return
+        return True
     x = <Inner *>t.root
     while t.height > 0 and x.n == 1:
         t.root = x.child[0]
@@ -717,6 +722,7 @@ cdef void t_delete(Tree *t, Path *p) noexcept:
             leaf_agg(<Leaf *>t.root, &t.maxlast, &t.span)
         else:
             inner_agg(<Inner *>t.root, &t.maxlast, &t.span)
+    return intact
 
 
 # ----------------------------------------------------------------------------- clone
@@ -819,13 +825,43 @@ cdef int ent_cmp(const void *a, const void *b) noexcept nogil:
     return (x > y) - (x < y)
 
 
-cdef int ent_key_cmp(const void *a, const void *b) noexcept nogil:
-    # qsort order of Ent by tree key (start, seq)
-    cdef const Ent *x = <const Ent *>a
-    cdef const Ent *y = <const Ent *>b
-    if x.start != y.start:
-        return -1 if x.start < y.start else 1
-    return (x.seq > y.seq) - (x.seq < y.seq)
+cdef int ent_radix(Ent *e, Py_ssize_t m) except -1:
+    # stable sort of e by start (entries come in seq order, so ties stay by seq):
+    # LSD radix, 8 bits a pass, passes where every key has the same byte skipped
+    cdef Py_ssize_t cnt[8][256]
+    cdef Py_ssize_t i, sum_, c
+    cdef int b, d
+    cdef Ent *tmp
+    cdef Ent *src = e
+    cdef Ent *dst
+    cdef Ent *sw
+    memset(cnt, 0, sizeof(cnt))
+    for i in range(m):
+        for b in range(8):
+            cnt[b][(e[i].start >> (8 * b)) & 0xff] += 1
+    tmp = <Ent *>PyMem_Malloc(m * sizeof(Ent))
+    if tmp == NULL:
+        raise MemoryError()
+    dst = tmp
+    for b in range(8):
+        if cnt[b][(e[0].start >> (8 * b)) & 0xff] == m:
+            continue                      # one value of this byte: nothing moves
+        sum_ = 0
+        for d in range(256):
+            c = cnt[b][d]
+            cnt[b][d] = sum_
+            sum_ += c
+        for i in range(m):
+            d = (src[i].start >> (8 * b)) & 0xff
+            dst[cnt[b][d]] = src[i]
+            cnt[b][d] += 1
+        sw = src
+        src = dst
+        dst = sw
+    if src != e:
+        memcpy(e, src, m * sizeof(Ent))
+    PyMem_Free(tmp)
+    return 0
 
 
 # ----------------------------------------------------------------------------- bulk
@@ -1006,14 +1042,18 @@ cdef class IOTLB:
         return self._retire
 
     # ----------------------------------------------------------------- core (C level)
-    cdef object _delete_path(self, Path *p):
+    cdef object _delete_path(self, Path *p, bint *intact=NULL):
         # drop the entry at p; returns its ctx, which the caller releases only after
-        # the tree is consistent (a finalizer may call back into the tree)
+        # the tree is consistent (a finalizer may call back into the tree); *intact as
+        # t_delete's result
         cdef uint64_t meta = p.leaf.meta[p.slot]
+        cdef bint kept
         ctx = None
         if meta & HASCTX:
             ctx = self._ctx.pop(meta >> 9, None)
-        t_delete(&self.t, p)
+        kept = t_delete(&self.t, p)
+        if intact != NULL:
+            intact[0] = kept
         self._version += 1
         return ctx
 
@@ -1118,7 +1158,7 @@ cdef class IOTLB:
                     ordered = False
                     break
             if not ordered:
-                qsort(kept, keep, sizeof(Ent), ent_key_cmp)
+                ent_radix(kept, keep)
             t_bulk(t, kept, keep)
             if fifo:
                 t.qhead = 0
@@ -1144,6 +1184,7 @@ cdef class IOTLB:
         cdef Leaf *f
         cdef uint64_t addr = iova, es, el, ea, perm, host, end
         cdef bint first = True
+        fail.addr = fail.start = fail.last = fail.perm = 0   # callers read every field
         while True:
             if not t_find(&self.t, addr, last, 0, 0, &p) or p.leaf.start[p.slot] > addr:
                 fail.addr = addr
@@ -1216,18 +1257,37 @@ cdef class IOTLB:
         (1, [4096])
         """
         cdef uint64_t s, l
-        cdef Py_ssize_t n = 0
+        cdef Py_ssize_t n = 0, v
         cdef Path p
+        cdef Leaf *f
+        cdef int i
+        cdef bint found, intact = False
         _u64(start, "start", &s)
         _u64(last, "last", &l)
         if s == 0 and l == UMAX:
             n = self.t.count
             self.reset()
             return n
-        ctx = None
-        while t_find(&self.t, s, l, 0, 0, &p):
-            ctx = self._delete_path(&p)   # the previous ctx is released here
+        found = t_find(&self.t, s, l, 0, 0, &p)
+        while found:
+            ctx = self._delete_path(&p, &intact)
             n += 1
+            v = self._version
+            ctx = None            # released now: its finalizer may change the tree,
+            if not intact or self._version != v:   # and then p is stale
+                found = t_find(&self.t, s, l, 0, 0, &p)
+                continue
+            # the next overlap comes after the removed entry: mostly the leaf answers
+            f = p.leaf
+            i = p.slot
+            while i < f.n and f.start[i] <= l and f.last[i] < s:
+                i += 1
+            if i < f.n:
+                if f.start[i] > l:
+                    break
+                p.slot = i
+            else:
+                found = t_find(&self.t, s, l, 0, 0, &p)
         return n
 
     def reset(self):

@@ -51,7 +51,7 @@ import itertools as _itertools
 from ._map import HALF, U64_MAX, IOTLBBase, Map, Perm
 from ._map import perm8 as _py_perm8
 from ._map import u64 as _py_u64
-from ._pyengine import _restore, _u64_buffer
+from ._pyengine import _is_scalar, _restore, _u64_buffer
 from .errors import IOTLBError
 
 __all__ = ["IOTLB"]
@@ -1398,7 +1398,7 @@ cdef class IOTLB:
         if vl.shape[0] != n or va.shape[0] != n:
             raise ValueError(f"map_many: buffers differ in length ({n}, {vl.shape[0]}, "
                              f"{va.shape[0]})")
-        if isinstance(perms, (int, Perm)) or hasattr(perms, "__index__"):
+        if _is_scalar(perms):
             _perm8(perms, "perm", &p)
         else:
             vp = _u64_buffer(perms, "perms")
@@ -1457,7 +1457,7 @@ cdef class IOTLB:
         cdef uint64_t *o
         cdef XFail fl
         cdef int rc
-        if isinstance(sizes, int) or hasattr(sizes, "__index__"):
+        if _is_scalar(sizes):
             _u64(sizes, "sizes", &size)
         else:
             vsz = _u64_buffer(sizes, "sizes")

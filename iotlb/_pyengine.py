@@ -49,6 +49,18 @@ def _u64_buffer(obj, name: str):
     return view.cast("B").cast("Q")
 
 
+def _is_scalar(obj) -> bool:
+    """Whether a batch argument is one value for all items rather than a buffer.
+
+    A numpy array has ``__index__`` too (it raises unless the array has one element),
+    so the test is the buffer protocol: no buffer, or a 0-d one (a numpy scalar).
+    """
+    try:
+        return memoryview(obj).ndim == 0
+    except TypeError:
+        return True
+
+
 class IOTLB:
     """An IOTLB: overlapping-allowed interval map of inclusive u64 ranges.
 
@@ -304,7 +316,7 @@ class IOTLB:
         if len(vl) != n or len(va) != n:
             raise ValueError(f"map_many: buffers differ in length ({n}, {len(vl)}, "
                              f"{len(va)})")
-        if isinstance(perms, (int, Perm)) or hasattr(perms, "__index__"):
+        if _is_scalar(perms):
             p = perm8(perms)
             vp = None
         else:
@@ -342,7 +354,7 @@ class IOTLB:
         """
         vi = _u64_buffer(iovas, "iovas")
         n = len(vi)
-        if isinstance(sizes, int) or hasattr(sizes, "__index__"):
+        if _is_scalar(sizes):
             size = u64(sizes, "sizes")
             vsz = None
         else:

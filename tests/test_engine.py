@@ -539,6 +539,17 @@ class TestBatch:
         t.map_many(s[::2], s[::2] + 1, s[::2])  # strided views work too
         assert len(t) == 150
 
+    def test_numpy_arrays_for_perms_and_sizes(self, IOTLB):
+        """A numpy array has __index__ too: it must still be taken as a buffer."""
+        np = pytest.importorskip("numpy")
+        s = np.array([0x1000, 0x3000], dtype=np.uint64)
+        t = IOTLB()
+        t.map_many(s, s + 0xfff, s, np.array([1, 2], dtype=np.uint64))
+        assert [m[3] for m in t] == [1, 2]
+        t.map_many(s + 0x10000, s + 0x10fff, s, np.uint64(1))  # numpy scalar: one perm
+        out = t.translate_many(s, np.array([16, 0x1000], dtype=np.uint64), Perm.NONE)
+        assert list(out) == [0x1000, 0x3000]
+
     def test_map_many_all_or_nothing(self, IOTLB):
         t = IOTLB(3, retire=True)
         t.map(0, 9, 0)

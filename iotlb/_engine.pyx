@@ -662,7 +662,7 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
 cdef bint t_delete(Tree *t, Path *p) noexcept:
     # vhost_iotlb_map_free on the tree: remove the entry at p (filled by a search just
     # before), rebalance bottom-up, keep every record and the root aggregates exact;
-    # true when p's leaf kept its place (no rebalance there): p then still holds the
+    # true when no node was rebalanced or freed at any level: p then still holds the
     # path, and p.slot the entry that followed the removed one (if p.slot < leaf.n)
     cdef Leaf *f = p.leaf
     cdef int i = p.slot, level, j, cn
@@ -695,8 +695,7 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
         if cn < (LMIN if level == 1 else IMIN):
             rebalance(t, x, j, level - 1)
             dirty = True      # x may have lost a child: check it one level up
-            if level == 1:
-                intact = False
+            intact = False    # a rebalance at any level may free or move p's nodes
         elif not dirty:
             return intact     # records, counts and aggregates above are all unchanged
         level += 1
@@ -716,6 +715,7 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
         t.root = x.child[0]
         give_inner(t, x)
         t.height -= 1
+        intact = False        # p's levels no longer match the tree
         x = <Inner *>t.root
     if t.maxlast == l or t.span == sp:
         if t.height == 0:

@@ -80,9 +80,10 @@ class IOTLB:
                  "_version", "__weakref__")
 
     def __init__(self, limit: int = 0, *, retire: bool = False) -> None:
-        self._limit = u64(limit, "limit")
+        limit = u64(limit, "limit")
         if not isinstance(retire, (bool, int)):
             raise TypeError(f"retire must be a bool, got {type(retire).__name__}")
+        self._limit = limit
         self._retire = bool(retire)
         self._keys = SortedList()
         self._entries: dict = {}
@@ -139,20 +140,22 @@ class IOTLB:
 
     def _add(self, start, last, addr, perm, ctx) -> None:
         """Retire the oldest entry if full, then insert (the core of add_range_ctx)."""
+        evicted = None  # released on return, once the tree is consistent again
         if self._limit and self._retire and len(self._entries) == self._limit:
-            self._remove(next(iter(self._entries)))
+            evicted = self._remove(next(iter(self._entries)))
         seq = next(self._seq)
         self._entries[seq] = (start, last, addr, perm, ctx)
         self._keys.add((start, seq))
         self._spans.add(last - start)
         self._version += 1
 
-    def _remove(self, seq) -> None:
+    def _remove(self, seq) -> tuple:
         """``vhost_iotlb_map_free``: drop one entry from tree and list."""
-        start, last, _, _, _ = self._entries.pop(seq)
-        self._keys.remove((start, seq))
-        self._spans.remove(last - start)
+        entry = self._entries.pop(seq)
+        self._keys.remove((entry[0], seq))
+        self._spans.remove(entry[1] - entry[0])
         self._version += 1
+        return entry  # the caller drops it (and its ctx) when the tree is consistent
 
     def unmap(self, start: int = 0, last: int = U64_MAX) -> int:
         """Remove every entry overlapping ``[start, last]`` whole; return how many.
@@ -172,9 +175,8 @@ class IOTLB:
             self.reset()
             return n
         doomed = [seq for seq in self._hits(start, last)]
-        for seq in doomed:
-            self._remove(seq)
-        return len(doomed)
+        gone = [self._remove(seq) for seq in doomed]  # ctx released after the loop
+        return len(gone)
 
     def reset(self) -> None:
         """Remove everything; ``limit`` and ``retire`` stay (``vhost_iotlb_reset``).
@@ -183,10 +185,12 @@ class IOTLB:
         >>> len(t), t.limit, t.retire
         (0, 4, True)
         """
-        self._keys.clear()
-        self._entries.clear()
-        self._spans.clear()
+        old = self._entries  # its ctx objects go only after the tree is empty
+        self._keys = SortedList()
+        self._entries = {}
+        self._spans = SortedList()
         self._version += 1
+        del old
 
     # ----------------------------------------------------------------- lookup
     def _hits(self, start: int, last: int) -> Iterator[int]:
@@ -411,6 +415,10 @@ class IOTLB:
     def _load(self, entries) -> None:
         """Append stored entries (already split halves) in the given order."""
         for start, last, addr, perm, ctx in entries:
+            start, last = u64(start, "start"), u64(last, "last")
+            addr, perm = u64(addr, "addr"), perm8(perm)
+            if last < start:
+                raise ValueError(f"_load: last {last:#x} < start {start:#x}")
             self._add(start, last, addr, perm, ctx)
 
     def copy(self) -> "IOTLB":

@@ -423,18 +423,6 @@ class Reenter:
 def test_ctx_finalizer_sees_consistent_tree(IOTLB, request, how):
     """A ctx is released only once the tree is consistent again, so a finalizer may
     use the tree (the compiled engine's stated design)."""
-    if _is_twin(IOTLB) and how in ("reset", "unmap_all"):
-        request.applymarker(known_bug(
-            "iotlb/_pyengine.py IOTLB.reset(): self._entries.clear() drops the ctx "
-            "objects while _spans still lists every entry; a ctx finalizer that "
-            "touches the tree sees len(_keys)=0 != len(_spans) and a map() done there "
-            "loses its span (next lookup: IndexError in _hits)"))
-    if _is_twin(IOTLB) and how == "retire":
-        request.applymarker(known_bug(
-            "iotlb/_pyengine.py IOTLB._add(): the retired entry's ctx is released "
-            "inside _remove(), before the new entry is inserted; a finalizer that maps "
-            "runs while the tree is one below the limit, then _add inserts anyway: "
-            "3 entries in an IOTLB(2, retire=True) (_check fails)"))
     Reenter.log.clear()
     t = IOTLB(2, retire=True) if how == "retire" else IOTLB()
     t.map(0, 0xFFF, 0, 3, Reenter(t, 0x100000))
@@ -613,12 +601,6 @@ def test_engine_bad_input(IOTLB, row):
 
 
 def test_reinit_bad_retire_changes_nothing(IOTLB, request):
-    if _is_twin(IOTLB):
-        request.applymarker(known_bug(
-            "iotlb/_pyengine.py IOTLB.__init__(): self._limit = u64(limit) is stored "
-            "before `retire` is checked, so t.__init__(5, retire='x') raises TypeError "
-            "but leaves limit=5 on a tree that keeps its entries (the compiled engine "
-            "checks both first)"))
     t = IOTLB()
     t.map(0, 1, 2)
     with pytest.raises(TypeError):
@@ -627,12 +609,6 @@ def test_reinit_bad_retire_changes_nothing(IOTLB, request):
 
 
 def test_unpickling_invalid_entries_is_rejected(IOTLB, request):
-    if _is_twin(IOTLB):
-        request.applymarker(known_bug(
-            "iotlb/_pyengine.py IOTLB._load() (used by _restore, i.e. pickle.loads) "
-            "inserts entries unchecked: _restore(IOTLB, 0, False, [(5, 1, 0, 3, None)]) "
-            "builds a tree with last < start that fails _check(); the compiled "
-            "engine's _load raises ValueError"))
     from iotlb._pyengine import _restore
     with pytest.raises((ValueError, OverflowError, TypeError)):
         _restore(IOTLB, 0, False, [(5, 1, 0, 3, None)])

@@ -7,7 +7,7 @@ import abc
 import enum
 import operator
 
-__all__ = ["U64_MAX", "HALF", "Perm", "Map", "IOTLBBase", "u64", "perm8"]
+__all__ = ["U64_MAX", "HALF", "Perm", "Map", "IOTLBBase", "as_int", "u64", "perm8"]
 
 #: The largest u64, ``~0`` / ``ULONG_MAX`` on x86_64.
 U64_MAX = (1 << 64) - 1
@@ -33,6 +33,25 @@ class Perm(enum.IntFlag):
     RW = 3
 
 
+def as_int(value, name: str) -> int:
+    """``value`` as a plain int through ``__index__`` (numpy ints, IntFlag), or
+    TypeError: floats, strings and objects without ``__index__`` are not ints.
+
+    >>> as_int(Perm.RW, "perm"), as_int(True, "flag")
+    (3, 1)
+    >>> as_int(1.0, "iova")
+    Traceback (most recent call last):
+    ...
+    TypeError: iova must be an int, got float
+    """
+    if isinstance(value, (float, complex, str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
 def u64(value, name: str) -> int:
     """Return ``value`` as an int in 0..2**64-1, or raise TypeError/OverflowError.
 
@@ -44,12 +63,7 @@ def u64(value, name: str) -> int:
     OverflowError: iova must be in 0..2**64-1, got -1
     """
     if type(value) is not int:
-        if isinstance(value, (float, complex, str, bytes)) or value is None:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        value = as_int(value, name)
     if value < 0 or value > U64_MAX:
         raise OverflowError(f"{name} must be in 0..2**64-1, got {value}")
     return value
@@ -66,12 +80,7 @@ def perm8(value, name: str = "perm") -> int:
     OverflowError: perm must be in 0..255, got 256
     """
     if type(value) is not int:
-        if isinstance(value, (float, complex, str, bytes)) or value is None:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        value = as_int(value, name)
     if value < 0 or value > 255:
         raise OverflowError(f"{name} must be in 0..255, got {value}")
     return value

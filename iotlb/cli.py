@@ -173,6 +173,7 @@ def _matrix_specs(items: Optional[List[str]]):
             raise _unknown_backend(name)
         if opts.strip():
             options = _parse_options(_split_commas(opts), "--backend")
+            _make_backend(name, options)  # bad options are bad input (exit 2), now
             specs.append(BackendSpec(name, options))
         else:
             specs.extend(default_specs([name]))

@@ -492,8 +492,8 @@ def _read_jsonl(path: str) -> Iterator[Entry]:
                 continue
             try:
                 obj = json.loads(text.rstrip())
-            except ValueError as exc:
-                msg = getattr(exc, "msg", str(exc))
+            except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
+                msg = getattr(exc, "msg", None) or f"{type(exc).__name__}: {exc}"
                 col = getattr(exc, "colno", None)
                 yield Entry(where, None, TraceError(
                     f"invalid JSON: {msg}" + (f" (column {col})" if col else ""),

@@ -30,7 +30,7 @@ import errno as _errno
 import struct
 from typing import Iterator, NamedTuple, Tuple
 
-from ._map import U64_MAX, u64
+from ._map import U64_MAX, as_int, u64
 from .errors import IOTLBError
 
 __all__ = [
@@ -247,9 +247,7 @@ class VhostMsg(tuple):
 
 def _uint(value, name: str, top: int) -> int:
     if type(value) is not int:
-        if isinstance(value, (float, complex, str, bytes)) or value is None:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        value = int(value.__index__())
+        value = as_int(value, name)
     if value < 0 or value > top:
         raise OverflowError(f"{name} must be in 0..{top:#x}, got {value}")
     return value
@@ -258,9 +256,7 @@ def _uint(value, name: str, top: int) -> int:
 def _int32(value, name: str) -> int:
     """A C ``int`` (outer type): -2**31..2**32-1 accepted, stored as signed."""
     if type(value) is not int:
-        if isinstance(value, (float, complex, str, bytes)) or value is None:
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        value = int(value.__index__())
+        value = as_int(value, name)
     if value < -(1 << 31) or value > 0xFFFFFFFF:
         raise OverflowError(f"{name} must fit in 32 bits, got {value}")
     return value - (1 << 32) if value >= 1 << 31 else value

@@ -665,13 +665,9 @@ WIRE_ROWS = [
     ("W19", "encode_vring_state(2**32, 0)", lambda: wire.encode_vring_state(1 << 32, 0),
      OverflowError),
 ]
-WIRE_BUGS = {
-    "W11": "iotlb/wire.py _uint()/_int32(): `int(value.__index__())` on an object "
-           "without __index__ raises AttributeError (\"'object' object has no attribute "
-           "'__index__'\"), not TypeError; use operator.index(value)",
-    "W12": "iotlb/wire.py _uint()/_int32(): `int(value.__index__())` accepts an "
-           "__index__ that returns the str '5' (int('5') == 5) instead of raising "
-           "TypeError as operator.index does",
+WIRE_BUGS: dict = {
+    # W11/W12 (AttributeError / str from __index__): fixed with iotlb._map.as_int;
+    # the rows stay as regression tests.
 }
 
 
@@ -846,11 +842,8 @@ TRACE_ROWS = [
     ("T15", "JSON nested 5000 deep",
      b'{"op": "open", "comment": ' + b"[" * 5000 + b"\n", "invalid JSON"),
 ]
-TRACE_BUGS = {
-    "T15": "iotlb/trace.py _read_jsonl(): json.loads raises RecursionError (not a "
-           "ValueError) on deeply nested JSON; it escapes as an internal error "
-           "(`iotlb replay` exit 3, 'internal error: RecursionError') instead of a "
-           "TraceError for that line (exit 2)",
+TRACE_BUGS: dict = {
+    # T15 (RecursionError on deeply nested JSON): fixed in trace._read_jsonl.
 }
 
 
@@ -940,12 +933,8 @@ CLI_ROWS = [
     ("C20", "replay failing writes (EEXIST etc.) is not bad input", ["replay", "FILE"],
      b'{"op": "update", "iova": 0, "size": 4096, "uaddr": 0}\n' * 2, 0, ""),
 ]
-CLI_BUGS = {
-    "C12": TRACE_BUGS["T15"],
-    "C18": "iotlb/cli.py cmd_matrix()/_matrix_specs(): backend options are not tried "
-           "before the run, so `matrix --backend vdpa_sim:nas=0` reports the "
-           "constructor's ValueError as a broken cell and exits 1 ('invariant "
-           "violation') instead of 2 ('bad input', as `replay --option nas=0` does)",
+CLI_BUGS: dict = {
+    # C12 (= T15) and C18 (matrix --backend options checked up front): fixed.
 }
 
 

@@ -390,7 +390,13 @@ class IOTLB:
         return bool(self._entries)
 
     def __iter__(self) -> Iterator[Map]:
-        return self._iterate(seq for _, seq in self._keys)
+        return self._iterate(self._all_seqs())
+
+    def _all_seqs(self) -> Iterator[int]:
+        # a generator, so self._keys is looked up at the first next(), after _iterate
+        # took the version: reset() swaps in new containers
+        for _, seq in self._keys:
+            yield seq
 
     def __eq__(self, other) -> bool:
         if not isinstance(other, IOTLBBase):

@@ -485,6 +485,20 @@ class TestContainer:
         with pytest.raises(RuntimeError):
             next(it)
 
+    def test_iterator_made_before_a_mutation_sees_the_tree_it_starts_on(self, IOTLB):
+        """Both engines take the version at the first next(): an iterator created
+        before reset()/unmap()/map() and started after it walks the current tree."""
+        for mutate in (lambda t: t.reset(), lambda t: t.unmap(), lambda t: t.unmap(0, 0),
+                       lambda t: t.map(0x5000, 0x5fff, 5)):
+            t = IOTLB()
+            t.map(0x1000, 0x1fff, 0)
+            t.map(0, 0, 1)
+            its = [iter(t), t.overlapping(0, U64_MAX)]
+            mutate(t)
+            want = [tuple(m[:4]) for m in t]
+            for it in its:
+                assert [tuple(m[:4]) for m in it] == want
+
     def test_ctx_released_on_unmap_reset_retire_and_gc(self, IOTLB):
         def refs():
             objs = [Ctx() for _ in range(4)]

@@ -47,7 +47,7 @@ def as_int(value, name: str) -> int:
     if isinstance(value, (float, complex, str, bytes)) or value is None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     try:
-        return operator.index(value)
+        return int(operator.index(value))  # exact int: 3.9 returns bools as is
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
 

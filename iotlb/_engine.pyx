@@ -105,80 +105,18 @@ cdef extern from *:
 
 
 # ----------------------------------------------------------------------------- layout
+# LCAP, ICAP, MAXH, the spare counts, HASCTX and the node/path/tree structs are in
+# _engine.pxd (the device core cimports them); the balancing thresholds are here.
 cdef enum:
-    LCAP = 64     # entries per leaf
-    ICAP = 64     # children per inner node
     LMIN = LCAP * 7 // 16   # a leaf off the right spine holds at least this (after a
                             # delete): random deletes leave ~58 bytes per entry
     IMIN = ICAP // 3        # likewise for inner nodes (ICAP >= 6 keeps it >= 2)
     LMERGE = LCAP - LCAP // 16  # under-full siblings merge when their total fits this,
     IMERGE = ICAP - ICAP // 8   # else even out (headroom: no split on the next insert)
-    MAXH = 40     # inner levels at most (IMIN ** 39 is far beyond any memory)
-    NSPARE_L = 2  # spare leaves kept for the next split
-    NSPARE_I = 42  # spare inner nodes kept: a split per level plus a new root
-    HASCTX = 0x100
 
 cdef uint64_t UMAX = 0xFFFFFFFFFFFFFFFF
 cdef uint64_t HALF_C = 0x8000000000000000
 cdef uint64_t SEQ_END = (<uint64_t>1) << 55   # meta = seq << 9 | ... must not lose bits
-
-ctypedef struct Leaf:
-    int n
-    Leaf *next
-    uint64_t start[LCAP]
-    uint64_t last[LCAP]
-    uint64_t addr[LCAP]
-    uint64_t meta[LCAP]
-
-ctypedef struct Inner:
-    int n
-    void *child[ICAP]
-    uint64_t kstart[ICAP]    # min key of child j: (kstart[j], kseq[j])
-    uint64_t kseq[ICAP]
-    uint64_t maxlast[ICAP]   # max last in child j's subtree (exact)
-    uint64_t span[ICAP]      # max last - start in child j's subtree (exact)
-
-ctypedef struct Path:
-    Inner *node[MAXH]        # node[level] for level in 1..height
-    int idx[MAXH]            # child index taken at node[level]
-    Leaf *leaf
-    int slot
-
-ctypedef struct QKey:
-    uint64_t start
-    uint64_t seq
-
-ctypedef struct Tree:
-    void *root               # NULL when empty
-    Leaf *head               # leftmost leaf
-    int height               # inner levels above the leaves (0: root is a leaf)
-    uint64_t maxlast         # aggregates of the whole tree (valid when root != NULL)
-    uint64_t span
-    Py_ssize_t count
-    Py_ssize_t nleaf
-    Py_ssize_t ninner
-    uint64_t seq             # next insertion number
-    Leaf *spare_leaf[NSPARE_L]
-    int nspare_leaf
-    Inner *spare_inner[NSPARE_I]
-    int nspare_inner
-    QKey *q                  # retire FIFO: q[qhead:qtail], oldest first, lazily pruned
-    Py_ssize_t qhead
-    Py_ssize_t qtail
-    Py_ssize_t qcap
-
-ctypedef struct Ent:
-    uint64_t seq
-    uint64_t start
-    uint64_t last
-    uint64_t addr
-    uint64_t meta
-
-ctypedef struct XFail:
-    uint64_t addr
-    uint64_t start
-    uint64_t last
-    uint64_t perm
 
 
 # ----------------------------------------------------------------------------- nodes
@@ -996,12 +934,7 @@ cdef class IOTLB:
     (1, 1, 0)
     """
 
-    cdef Tree t
-    cdef uint64_t _limit
-    cdef bint _retire
-    cdef dict _ctx            # seq -> ctx, for entries whose meta has HASCTX
-    cdef Py_ssize_t _version  # bumped by every change (iterators compare it)
-    cdef object __weakref__
+    # attributes: see _engine.pxd
 
     def __cinit__(self, *args, **kwargs):
         self._ctx = {}
@@ -1213,6 +1146,21 @@ cdef class IOTLB:
             if end == last:
                 return 0
             addr = end + 1
+
+    # ----------------------------------------------------------------- device layer
+    cdef bint _find_first(self, uint64_t s, uint64_t l, Path *p) noexcept:
+        # first(s, l) without a Map: fills p (valid until the next change, i.e. while
+        # _version stays the same) and returns whether an entry overlaps [s, l]
+        return t_find(&self.t, s, l, 0, 0, p)
+
+    cdef bint _is_sole(self, Path *p, uint64_t l) noexcept:
+        # p is the first entry overlapping [s, l] (from _find_first): whether it is the
+        # only one, i.e. the next entry in key order starts after l (every later one
+        # starts no earlier than that)
+        cdef Leaf *f = p.leaf
+        if p.slot + 1 < f.n:
+            return f.start[p.slot + 1] > l
+        return f.next == NULL or f.next.start[0] > l
 
     # ----------------------------------------------------------------- mutation
     def map(self, start, last, addr, perm=_PERM_RW, ctx=None):

@@ -431,7 +431,7 @@ def _final_state(dev, backend) -> dict:
 def cmd_replay(args) -> int:
     from . import IOTLBError, wire
     from .scenarios import QEMU_BACKEND_FEATURES, format_size
-    from .trace import (MESSAGE_OPS, Progress, TraceError, apply, count_ops, describe,
+    from .trace import (MESSAGE_OPS, Progress, apply, count_ops, describe,
                         detect_format, read_trace, write_trace)
     from .vdpa import VhostVdpa
 

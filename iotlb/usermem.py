@@ -34,7 +34,13 @@ import bisect
 from collections import Counter
 from typing import List, NamedTuple, Optional, Tuple
 
+from . import IMPLEMENTATION
 from ._map import U64_MAX, u64
+
+if IMPLEMENTATION == "cython":
+    from ._device import MemoryCore, PinLedger
+else:
+    from ._pydevice import MemoryCore, PinLedger
 
 __all__ = ["UserMemory", "Vma", "MapFile"]
 
@@ -86,7 +92,7 @@ class MapFile(NamedTuple):
 _new_mapfile = tuple.__new__
 
 
-class UserMemory:
+class UserMemory(MemoryCore):
     """The owner process's memory: placement, VMAs, pins, ``pinned_vm``, dirtying.
 
     ``memlock_pages`` is ``RLIMIT_MEMLOCK >> PAGE_SHIFT`` (None = unlimited, i.e.
@@ -121,7 +127,7 @@ class UserMemory:
         self._has_io = False
         self._simple_pa = self._simple_va = not self._strict
         # books
-        self._pins: dict = {}        # owner -> {(pfn, n, writable): count}
+        self._pins: dict = {}        # owner -> PinLedger
         self._leaked: dict = {}      # owner -> {(pfn, n, writable): count}
         self._files: dict = {}       # owner -> Counter(file -> refs)
         self.pinned_vm = 0
@@ -430,9 +436,8 @@ class UserMemory:
         """
         book = self._pins.get(owner)
         if book is None:
-            book = self._pins[owner] = {}
-        key = (pfn, npages, writable)
-        book[key] = book.get(key, 0) + 1
+            book = self._pins[owner] = PinLedger()
+        book.pin(pfn, npages, writable)
         self.pinned_vm += npages
 
     def unpin(self, owner, pfn: int, npages: int, writable: bool) -> None:
@@ -443,17 +448,10 @@ class UserMemory:
         >>> mem.pinned_vm, mem.pin_count(17), mem.dirtied_pages
         (0, 0, 4)
         """
-        key = (pfn, npages, writable)
-        try:
-            book = self._pins[owner]
-            count = book[key]
-        except KeyError:
+        book = self._pins.get(owner)
+        if book is None or not book.unpin(pfn, npages, writable):
             raise AssertionError(f"unpin of a run that {owner!r} has not pinned: "
-                                 f"pfn {pfn:#x} +{npages}") from None
-        if count == 1:
-            del book[key]
-        else:
-            book[key] = count - 1
+                                 f"pfn {pfn:#x} +{npages}")
         self.pinned_vm -= npages
         if writable:
             self.dirtied_pages += npages
@@ -479,7 +477,8 @@ class UserMemory:
         >>> mem = UserMemory(); mem.pin("d", 1, 2, False); mem.pins("d")
         Counter({(1, 2, False): 1})
         """
-        return Counter(self._pins.get(owner, {}))
+        book = self._pins.get(owner)
+        return Counter(dict(book.items())) if book is not None else Counter()
 
     def leaked(self, owner=None) -> Counter:
         """Leaked runs of ``owner`` (or of every owner).
@@ -501,7 +500,8 @@ class UserMemory:
         >>> mem = UserMemory(); mem.pin("d", 0, 3, False); mem.accounted("d")
         3
         """
-        return sum(k[1] * c for k, c in self._pins.get(owner, {}).items())
+        book = self._pins.get(owner)
+        return book.pages if book is not None else 0
 
     def pinned_pages(self, owner=None) -> int:
         """Pages pinned (leaks included) by ``owner`` or by everyone.
@@ -626,8 +626,10 @@ class UserMemory:
         """
         total = 0
         for owner, book in self._pins.items():
-            assert all(c > 0 for c in book.values()), f"non-positive pin count {owner!r}"
-            total += sum(k[1] * c for k, c in book.items())
+            book._check()
+            assert all(c > 0 for _, c in book.items()), \
+                f"non-positive pin count {owner!r}"
+            total += book.pages
         assert total == self.pinned_vm, f"pinned_vm {self.pinned_vm} != pins {total}"
         for refs in self._files.values():
             assert all(c > 0 for c in refs.values()), "non-positive file refcount"

@@ -37,10 +37,15 @@ import errno as _errno
 from collections import Counter
 from typing import Iterator, Optional, Tuple
 
-from . import IOTLB
+from . import IMPLEMENTATION, IOTLB
 from ._map import U64_MAX, perm8, u64
 from .errors import IOTLBError
 from .usermem import MapFile, UserMemory
+
+if IMPLEMENTATION == "cython":
+    from ._device import DeviceCore
+else:
+    from ._pydevice import DeviceCore
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_BACKEND_F_IOTLB_ASID, VHOST_BACKEND_F_IOTLB_PERSIST,
                    VHOST_BACKEND_F_RESUME, VHOST_BACKEND_F_SUSPEND,
@@ -72,7 +77,6 @@ _F_SUSPEND = 1 << VHOST_BACKEND_F_SUSPEND
 _F_RESUME = 1 << VHOST_BACKEND_F_RESUME
 _F_DESC_ASID = 1 << VHOST_BACKEND_F_DESC_ASID
 _U32_MAX = 0xFFFFFFFF
-_ADDR_END = 1 << 64
 
 _EINVAL, _EFAULT, _EEXIST, _ENOMEM = _errno.EINVAL, _errno.EFAULT, _errno.EEXIST, \
     _errno.ENOMEM
@@ -136,7 +140,7 @@ def _demo() -> "VhostVdpa":
     return dev
 
 
-class VhostVdpa:
+class VhostVdpa(DeviceCore):
     """One vhost-vdpa device node bound to ``backend`` (not yet opened).
 
     ``memlock_pages`` is ``RLIMIT_MEMLOCK`` in pages (None = unlimited); ``usermem``
@@ -672,167 +676,9 @@ class VhostVdpa:
         return self._backend.nvqs
 
     # ================================================================ write()
-    def write(self, data) -> int:
-        """The ``write()`` syscall (``vhost_chr_write_iter``): parse, handle, return
-        72.  Parse errors raise :class:`IOTLBError` EINVAL (see
-        :func:`iotlb.wire.decode`); any handler error raises EFAULT whose
-        ``__cause__`` is the handler's own error.
-
-        The common UPDATE (one physically contiguous run, or the implicit
-        shared-file mapping in VA mode) and INVALIDATE (no u64 wrap) run inline
-        here; everything else -- and any case the inline code declines before
-        changing anything -- goes through the reference handler
-        (:meth:`process`'s path).  Both give identical results (tested).
-
-        >>> class P:
-        ...     nas = ngroups = nvqs = 1; use_va = False
-        ...     def reset(self): pass
-        >>> dev = VhostVdpa(P()); dev.open()
-        >>> from iotlb.wire import encode, VHOST_IOTLB_UPDATE
-        >>> try:
-        ...     dev.write(encode(VHOST_IOTLB_UPDATE, 0, 4096, 0))
-        ... except IOTLBError as e:
-        ...     print(e, "<-", e.__cause__.strerror)
-        [EFAULT] vhost_chr_write_iter: the message handler failed (EPERM) <- vhost_vdpa_process_iotlb_msg: vhost_dev_check_owner: caller is not the owner (no VHOST_SET_OWNER)
-        """
-        if type(data) is not bytes or len(data) < VHOST_MSG_MIN_WRITE \
-                or not self._fast or not self._owner:
-            return self._write(data)
-        outer, asid, iova, size, uaddr, perm, t = _unpack_head(data)
-        if outer == VHOST_IOTLB_MSG_V2:
-            if not self._features & _F_ASID:
-                asid = 0
-        elif outer == VHOST_IOTLB_MSG:
-            asid = 0
-        else:
-            return self._write(data)
-        if not size:
-            return self._write(data)
-        iotlb = self._as.get(asid)
-        if iotlb is None or (self._in_batch and self._batch_asid != asid):
-            return self._write(data)
-        if t == _UPDATE:
-            # ---- vhost_vdpa_process_iotlb_update, the common case inline
-            first, last_ok = self._range
-            if iova < first or iova > U64_MAX - size + 1:
-                return self._write(data)
-            last = iova + size - 1
-            if last > last_ok or iotlb.first(iova, last) is not None:
-                return self._write(data)
-            backend = self._backend
-            mem = self._mem
-            use_va = backend.use_va
-            if use_va:
-                if not mem._simple_va or uaddr + size > _ADDR_END:
-                    return self._write(data)
-                map_iova, map_size, pa = iova, size, uaddr
-                opaque = mem._get_default_file(self, uaddr)
-            else:
-                off = self._offmask
-                span = size + (iova & off) + off
-                if span > U64_MAX or not mem._simple_pa:
-                    return self._write(data)
-                shift = self._shift
-                npages = span >> shift
-                upfn = uaddr >> shift
-                limit = mem.memlock_pages
-                if (limit is not None and npages + mem.pinned_vm > limit) \
-                        or upfn + npages > mem._npfn:
-                    return self._write(data)
-                map_iova = iova & ~off
-                map_size = npages << shift
-                pa = upfn << shift
-                opaque = None
-            # ---- vhost_vdpa_map
-            map_last = map_iova + map_size - 1
-            iotlb.map(map_iova, map_last, pa, perm, opaque)
-            try:
-                dma_map = getattr(backend, "dma_map", None)
-                if dma_map is not None:
-                    dma_map(asid, map_iova, map_size, pa, perm, opaque)
-                else:
-                    set_map = getattr(backend, "set_map", None)
-                    if set_map is not None:
-                        if not self._in_batch:
-                            set_map(asid, iotlb)
-                    else:
-                        backend.iommu_map(map_iova, map_size, pa, perm)
-            except IOTLBError as e:
-                iotlb.unmap(map_iova, map_last)
-                if use_va:
-                    mem.fput(self, opaque)
-                    self._unmap(asid, iotlb, iova, 0)  # map_iova - iova == 0
-                else:
-                    self._unmap(asid, iotlb, iova, size)
-                raise IOTLBError(_EFAULT, f"vhost_chr_write_iter: the message handler "
-                                 f"failed ({_errno.errorcode.get(e.errno, e.errno)})"
-                                 ) from e
-            if not use_va:
-                writable = bool(perm & VHOST_ACCESS_WO)
-                book = mem._pins.get(self)
-                if book is None:
-                    mem.pin(self, upfn, npages, writable)
-                else:
-                    key = (upfn, npages, writable)
-                    book[key] = book.get(key, 0) + 1
-                    mem.pinned_vm += npages
-                self._pinned += npages
-            return VHOST_MSG_SIZE
-        if t == _INVALIDATE:
-            # ---- vhost_vdpa_unmap without u64 wrap, inline
-            last = iova + size - 1
-            if last > U64_MAX:
-                return self._write(data)
-            m = iotlb.first(iova, last)
-            backend = self._backend
-            if m is not None:
-                m_start, m_last, m_addr, m_perm, m_ctx = m
-                if m_last < last:      # maybe more entries: the general loop
-                    self._iotlb_unmap(asid, iotlb, iova, last)
-                else:
-                    m_size = m_last - m_start + 1
-                    mem = self._mem
-                    if backend.use_va:
-                        mem.fput(self, m_ctx)
-                    else:
-                        shift = self._shift
-                        n = m_size >> shift
-                        writable = bool(m_perm & VHOST_ACCESS_WO)
-                        key = (m_addr >> shift, n, writable)
-                        book = mem._pins.get(self)
-                        count = book.get(key, 0) if book is not None else 0
-                        if count > 1:
-                            book[key] = count - 1
-                        elif count == 1:
-                            del book[key]
-                        else:
-                            raise AssertionError(f"unpin of a run that was not "
-                                                 f"pinned: {m!r}")
-                        mem.pinned_vm -= n
-                        if writable:
-                            mem.dirtied_pages += n
-                            if mem.record_dirty:
-                                d = mem.dirtied
-                                dk = (key[0], n)
-                                d[dk] = d.get(dk, 0) + 1
-                        self._pinned -= n
-                    try:
-                        if getattr(backend, "dma_map", None) is not None:
-                            backend.dma_unmap(asid, m_start, m_size)
-                        elif getattr(backend, "set_map", None) is None:
-                            backend.iommu_unmap(m_start, m_size)
-                    except IOTLBError:
-                        pass
-                    iotlb.unmap(m_start, m_last)
-            set_map = getattr(backend, "set_map", None)
-            if set_map is not None and not self._in_batch:
-                try:
-                    set_map(asid, iotlb)
-                except IOTLBError:
-                    pass
-            return VHOST_MSG_SIZE
-        return self._write(data)
-
+    # write() itself is DeviceCore.write: compiled (iotlb._device) it runs the common
+    # UPDATE and INVALIDATE in C and hands every other message to _write; the twin
+    # (iotlb._pydevice) is _write.
     def _write(self, data) -> int:
         """``vhost_chr_write_iter`` → ``vhost_vdpa_process_iotlb_msg``: the reference
         path of :meth:`write`."""
@@ -858,9 +704,14 @@ class VhostVdpa:
         try:
             self._handle(asid, t, iova, size, uaddr, perm)
         except IOTLBError as e:
-            raise IOTLBError(_EFAULT, f"vhost_chr_write_iter: the message handler failed "
-                             f"({_errno.errorcode.get(e.errno, e.errno)})") from e
+            raise self._handler_failed(e) from e
         return VHOST_MSG_SIZE
+
+    @staticmethod
+    def _handler_failed(error: IOTLBError) -> IOTLBError:
+        """The EFAULT ``vhost_chr_write_iter`` returns for any handler error."""
+        return IOTLBError(_EFAULT, f"vhost_chr_write_iter: the message handler failed "
+                          f"({_errno.errorcode.get(error.errno, error.errno)})")
 
 
     def write_many(self, data) -> int:

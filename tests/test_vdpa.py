@@ -1205,6 +1205,104 @@ def test_write_fast_path_matches_reference_handler(cls, use_va):
     assert runs[0] == runs[1]
 
 
+class _CountingDev(VhostVdpa):
+    """Counts the messages write() hands to the reference path."""
+
+    declined = 0
+
+    def _write(self, data):
+        self.declined += 1
+        return super()._write(data)
+
+
+@pytest.mark.skipif(iotlb.IMPLEMENTATION != "cython",
+                    reason="the twin's write() is the reference path")
+@pytest.mark.parametrize("cls", [DmaParent, SetMapParent, PlatformParent])
+@pytest.mark.parametrize("use_va", [False, True])
+def test_write_fast_path_takes_the_common_messages(cls, use_va):
+    """The compiled write() handles a running guest's UPDATE (one entry) and
+    INVALIDATE (one entry, or none) itself, and declines what it does not model."""
+    dev = _CountingDev(cls(use_va=use_va))
+    dev.open()
+    dev.set_owner()
+    dev.write(U(0x1000, PAGE, 0x10000))       # creates AS 0: the reference path
+    assert dev.declined == 1
+    for i in range(2, 50):
+        dev.write(U(i * PAGE, PAGE, 0x10000 + i * PAGE, perm=1 + i % 3))
+    for i in range(2, 50, 2):
+        dev.write(I(i * PAGE + 8, 16))         # inside one entry
+    dev.write(I(0x800000, PAGE))               # no entry
+    assert dev.declined == 1
+    dev.write(I(0, 0x10000))                   # several entries
+    assert dev.declined == 2
+    with pytest.raises(IOTLBError):
+        dev.write(U(0x11000, PAGE))            # EEXIST
+    assert dev.declined == 3
+    assert entries(dev) == [(i * PAGE, i * PAGE + PAGE - 1, 0x10000 + i * PAGE,
+                             1 + i % 3) for i in range(17, 50, 2)]
+    dev.check_invariants()
+
+
+class _MeddlingParent(DmaParent):
+    """A parent whose dma_unmap also maps into the vhost IOTLB it is told about --
+    the tree changes under the fast path's feet."""
+
+    vdev = None
+
+    def dma_unmap(self, asid, iova, size):
+        super().dma_unmap(asid, iova, size)
+        t = self.vdev.vhost_iotlb(asid)
+        if iova == 0x2000:
+            t.map(0x2080, 0x20ff, 0, 3)       # inside the range being invalidated
+            t.map(0x9000, 0x9fff, 0, 3)       # elsewhere
+
+
+def test_write_fast_path_when_the_parent_changes_the_tree():
+    """vhost_vdpa_iotlb_unmap removes what overlaps at the end
+    (vhost_iotlb_del_range): the fast path re-checks the tree after the parent's
+    dma_unmap and gives what the reference path gives."""
+    runs = []
+    for fast in (True, False):
+        parent = _MeddlingParent()
+        dev = VhostVdpa(parent)
+        parent.vdev = dev
+        dev._fast = fast
+        dev.open()
+        dev.set_owner()
+        dev.write(U(0x1000, PAGE))
+        dev.write(U(0x2000, PAGE))
+        dev.write(I(0x2000, 0x100))
+        runs.append((entries(dev), dev.usermem.pins(dev), dev.pinned_pages,
+                     parent.calls))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == [(0x1000, 0x1fff, 0x1000, 3), (0x9000, 0x9fff, 0, 3)]
+
+
+@pytest.mark.parametrize("memlock", [None, 0, 3, 4, 5])
+@pytest.mark.parametrize("record_dirty", [False, True])
+def test_write_fast_path_memlock_and_dirty_books(memlock, record_dirty):
+    """vhost_vdpa_pa_map's RLIMIT_MEMLOCK check at and around the limit, and the
+    dirtying of writable runs on unpin (set_page_dirty_lock), fast or not."""
+    runs = []
+    for fast in (True, False):
+        mem = UserMemory(memlock_pages=memlock, record_dirty=record_dirty)
+        dev = opened(DmaParent(), usermem=mem)
+        dev._fast = fast
+        out = []
+        for msg in (U(0x1000, PAGE), U(0x3000, 2 * PAGE, perm=2), U(0x8000, PAGE, perm=1),
+                    I(0x3000, 1), U(0x10000, 3 * PAGE), I(0x1000, PAGE), I(0x10000, 1)):
+            try:
+                out.append(dev.write(msg))
+            except IOTLBError as e:
+                out.append((e.errno, e.__cause__.errno))
+        dev.check_invariants()
+        runs.append((out, entries(dev), mem.pins(dev), mem.pinned_vm,
+                     mem.dirtied_pages, dict(mem.dirtied)))
+    assert runs[0] == runs[1]
+    if memlock == 3:
+        assert runs[0][0][4] == (EFAULT, ENOMEM)
+
+
 # =========================================================================== usermem
 def test_usermem_placement_carving_and_runs():
     mem = UserMemory()

@@ -1,0 +1,52 @@
+"""Type stubs for the compiled device core ``iotlb._device`` (same API as
+``iotlb._pydevice``)."""
+from __future__ import annotations
+
+from typing import Optional, SupportsIndex
+
+__all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
+
+_Run = tuple[int, int, bool]
+
+class PinLedger:
+    """One owner's pinned runs: ``(pfn, npages, writable) -> count``."""
+
+    def __init__(self) -> None: ...
+    @property
+    def pages(self) -> int: ...
+    def pin(self, pfn: SupportsIndex, npages: SupportsIndex, writable: bool) -> None: ...
+    def unpin(self, pfn: SupportsIndex, npages: SupportsIndex, writable: bool) -> bool: ...
+    def count(self, pfn: SupportsIndex, npages: SupportsIndex, writable: bool) -> int: ...
+    def items(self) -> list[tuple[_Run, int]]: ...
+    def __len__(self) -> int: ...
+    def _check(self) -> None: ...
+
+class MemoryCore:
+    """The base of ``iotlb.usermem.UserMemory``."""
+
+    _pins: dict[object, PinLedger]
+    pinned_vm: int
+    dirtied_pages: int
+    record_dirty: bool
+    dirtied: dict[tuple[int, int], int]
+    memlock_pages: Optional[int]
+    _simple_pa: bool
+    _simple_va: bool
+
+class DeviceCore:
+    """The base of ``iotlb.vdpa.VhostVdpa``."""
+
+    _opened: bool
+    _owner: bool
+    _in_batch: bool
+    _fast: bool
+    _features: int
+    _batch_asid: int
+    _shift: int
+    _offmask: int
+    _pinned: int
+    _as: dict
+    _backend: object
+    _mem: MemoryCore
+    _range: tuple[int, int]
+    def write(self, data: bytes) -> int: ...

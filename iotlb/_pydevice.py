@@ -1,0 +1,165 @@
+"""The device core's pure-Python twin: the same names as the compiled ``iotlb._device``.
+
+Three pieces of :mod:`iotlb.vdpa` and :mod:`iotlb.usermem` are hot on the ``write()``
+path and are therefore compiled when the engine is (``iotlb.IMPLEMENTATION``):
+
+* :class:`PinLedger` -- one owner's pinned runs, ``(pfn, npages, writable) -> count``
+  (the page references ``pin_user_pages`` takes, counted per run, never per page);
+* :class:`MemoryCore` -- the base of :class:`iotlb.usermem.UserMemory` that holds the
+  books the fast path touches (``pinned_vm``, ``dirtied_pages``, the ledgers);
+* :class:`DeviceCore` -- the base of :class:`iotlb.vdpa.VhostVdpa` whose ``write()``
+  runs the common UPDATE and INVALIDATE in C.
+
+Here, the twin's ``write()`` *is* the reference path (``VhostVdpa._write``): the
+compiled one must give the same results, errno for errno, and the suite checks that it
+does (``_fast = False`` switches it off).  The bases hold no behaviour of their own in
+this twin; their attributes are set by the subclasses' ``__init__``.
+
+>>> book = PinLedger()
+>>> book.pin(0x10, 4, True); book.pin(0x10, 4, True); book.pin(0x20, 1, False)
+>>> len(book), book.pages, book.count(0x10, 4, True)
+(2, 9, 2)
+>>> book.unpin(0x10, 4, True), book.unpin(0x30, 1, False)
+(True, False)
+>>> sorted(book.items())
+[((16, 4, True), 1), ((32, 1, False), 1)]
+"""
+from __future__ import annotations
+
+from ._map import u64
+
+__all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
+
+_NPAGES_MAX = (1 << 63) - 1
+
+
+def _run_key(pfn, npages, writable) -> tuple:
+    pfn = u64(pfn, "pfn")
+    npages = u64(npages, "npages")
+    if npages == 0 or npages > _NPAGES_MAX:
+        raise ValueError(f"npages must be in 1..2**63-1, got {npages}")
+    return (pfn, npages, bool(writable))
+
+
+class PinLedger:
+    """One owner's pinned runs: ``(pfn, npages, writable) -> count`` (count > 0).
+
+    ``pages`` is the sum of ``npages * count`` -- what the owner charged to
+    ``pinned_vm``.  :meth:`items` lists the runs in no particular order.
+
+    >>> book = PinLedger(); book.pin(7, 2, False)
+    >>> book, bool(book), PinLedger().pages
+    (PinLedger({(7, 2, False): 1}), True, 0)
+    """
+
+    __slots__ = ("_runs", "_pages")
+
+    def __init__(self) -> None:
+        self._runs: dict = {}
+        self._pages = 0
+
+    @property
+    def pages(self) -> int:
+        """Pages pinned: Σ ``npages * count``.
+
+        >>> book = PinLedger(); book.pin(0, 3, True); book.pin(0, 3, True); book.pages
+        6
+        """
+        return self._pages
+
+    def pin(self, pfn: int, npages: int, writable: bool) -> None:
+        """Count one more pin of the run.
+
+        >>> book = PinLedger(); book.pin(1, 1, True); book.count(1, 1, True)
+        1
+        """
+        key = _run_key(pfn, npages, writable)
+        self._runs[key] = self._runs.get(key, 0) + 1
+        self._pages += key[1]
+
+    def unpin(self, pfn: int, npages: int, writable: bool) -> bool:
+        """Drop one pin of the run; False (and nothing changes) if it is not pinned.
+
+        >>> book = PinLedger(); book.pin(1, 1, True)
+        >>> book.unpin(1, 1, False), book.unpin(1, 1, True), len(book)
+        (False, True, 0)
+        """
+        key = _run_key(pfn, npages, writable)
+        count = self._runs.get(key)
+        if count is None:
+            return False
+        if count == 1:
+            del self._runs[key]
+        else:
+            self._runs[key] = count - 1
+        self._pages -= key[1]
+        return True
+
+    def count(self, pfn: int, npages: int, writable: bool) -> int:
+        """How many times the run is pinned (0 if not).
+
+        >>> PinLedger().count(5, 1, False)
+        0
+        """
+        return self._runs.get(_run_key(pfn, npages, writable), 0)
+
+    def items(self) -> list:
+        """``[((pfn, npages, writable), count), ...]`` in no particular order.
+
+        >>> book = PinLedger(); book.pin(3, 1, False); book.items()
+        [((3, 1, False), 1)]
+        """
+        return list(self._runs.items())
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __repr__(self) -> str:
+        return f"PinLedger({dict(sorted(self._runs.items()))!r})"
+
+    def _check(self) -> None:
+        """Assert every invariant: counts positive, ``pages`` = Σ npages * count.
+
+        >>> book = PinLedger(); book.pin(0, 2, True); book._check()
+        """
+        assert all(c > 0 for c in self._runs.values()), "non-positive pin count"
+        assert self._pages == sum(k[1] * c for k, c in self._runs.items()), \
+            "pages != sum of runs"
+
+
+class MemoryCore:
+    """The base of :class:`iotlb.usermem.UserMemory` (no behaviour in the twin)."""
+
+    __slots__ = ()
+
+
+class DeviceCore:
+    """The base of :class:`iotlb.vdpa.VhostVdpa`: ``write()``."""
+
+    __slots__ = ()
+
+    def write(self, data) -> int:
+        """The ``write()`` syscall (``vhost_chr_write_iter``): parse, handle, return
+        72.  Parse errors raise :class:`~iotlb.IOTLBError` EINVAL (see
+        :func:`iotlb.wire.decode`); any handler error raises EFAULT whose
+        ``__cause__`` is the handler's own error.
+
+        Compiled, the common UPDATE (one physically contiguous run, or the implicit
+        shared-file mapping in VA mode) and INVALIDATE (one entry) run in C, and every
+        other case -- or any case the fast path declines before changing anything --
+        goes through the reference handler, which is all this twin does.  Both give
+        identical results (tested).
+
+        >>> from iotlb.vdpa import VhostVdpa
+        >>> class P:
+        ...     nas = ngroups = nvqs = 1; use_va = False
+        ...     def reset(self): pass
+        >>> dev = VhostVdpa(P()); dev.open()
+        >>> from iotlb.wire import encode, VHOST_IOTLB_UPDATE
+        >>> try:
+        ...     dev.write(encode(VHOST_IOTLB_UPDATE, 0, 4096, 0))
+        ... except Exception as e:
+        ...     print(e, "<-", e.__cause__.strerror)
+        [EFAULT] vhost_chr_write_iter: the message handler failed (EPERM) <- vhost_vdpa_process_iotlb_msg: vhost_dev_check_owner: caller is not the owner (no VHOST_SET_OWNER)
+        """
+        return self._write(data)

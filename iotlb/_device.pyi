@@ -32,6 +32,9 @@ class MemoryCore:
     memlock_pages: Optional[int]
     _simple_pa: bool
     _simple_va: bool
+    _files: dict[object, dict[object, int]]
+    def _file_get(self, owner: object, file: object) -> None: ...
+    def _file_put(self, owner: object, file: object) -> None: ...
 
 class DeviceCore:
     """The base of ``iotlb.vdpa.VhostVdpa``."""

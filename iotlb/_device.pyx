@@ -44,6 +44,8 @@ from libc.string cimport memset
 
 from ._engine cimport HASCTX, IOTLB, Path
 
+from collections import Counter
+
 from ._map import u64 as _py_u64
 from .errors import IOTLBError
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_IOTLB_ASID, VHOST_IOTLB_INVALIDATE,
@@ -92,6 +94,17 @@ cdef uint64_t F_ASID = 1 << VHOST_BACKEND_F_IOTLB_ASID
 cdef Py_ssize_t MIN_WRITE = VHOST_MSG_MIN_WRITE
 cdef object _MSG_SIZE = VHOST_MSG_SIZE
 cdef object _IOTLBError = IOTLBError
+cdef object _Counter = Counter
+cdef object _MapFile = None
+
+
+cdef object _mapfile_type():
+    # iotlb.usermem.MapFile, looked up once (usermem imports this module)
+    global _MapFile
+    if _MapFile is None:
+        from .usermem import MapFile
+        _MapFile = MapFile
+    return _MapFile
 
 
 # ----------------------------------------------------------------------------- pins
@@ -329,10 +342,35 @@ cdef class MemoryCore:
     cdef public object memlock_pages
     cdef public bint _simple_pa     # identity placement, every page pinnable
     cdef public bint _simple_va     # every address in the implicit shared mapping
+    cdef public dict _files         # owner -> Counter(file -> references)
 
     def __cinit__(self, *args, **kwargs):
         self._pins = {}
         self.dirtied = {}
+        self._files = {}
+
+    cpdef _file_get(self, owner, file):
+        """Take a reference on ``file`` for ``owner`` (``get_file``)."""
+        cdef PyObject *found = PyDict_GetItem(self._files, owner)
+        if found == NULL:
+            refs = self._files[owner] = _Counter()
+        else:
+            refs = <object>found
+        refs[file] = refs.get(file, 0) + 1
+
+    cpdef _file_put(self, owner, file):
+        """Drop a reference ``owner`` holds on ``file`` (``fput``); AssertionError
+        if it holds none."""
+        cdef PyObject *found = PyDict_GetItem(self._files, owner)
+        refs = <object>found if found != NULL else None
+        count = refs.get(file, 0) if refs is not None else 0
+        if count <= 0:
+            raise AssertionError(f"fput of a file {owner!r} holds no reference to: "
+                                 f"{file!r}")
+        if count == 1:
+            del refs[file]
+        else:
+            refs[file] = count - 1
 
 
 cdef inline PinLedger _ledger(MemoryCore mem, object owner):
@@ -499,7 +537,10 @@ cdef class DeviceCore:
             return 0                                  # split in two: reference
         opaque = None
         if use_va:
-            opaque = mem._get_default_file(self, uaddr)
+            # get_file on the implicit mapping: file DEFAULT_FILE, offset = uaddr
+            f = mem.DEFAULT_FILE
+            mem._file_get(self, f)
+            opaque = tuple.__new__(_mapfile_type(), (f, uaddr))
         # vhost_vdpa_map
         iotlb._add(map_iova, map_last, pa, perm, opaque)
         try:
@@ -558,7 +599,7 @@ cdef class DeviceCore:
             if meta & HASCTX:
                 ctx = iotlb._ctx.get(meta >> 9)
             if backend.use_va:
-                mem.fput(self, ctx)
+                mem._file_put(self, ctx.file)                # fput
             else:
                 n = m_size >> self._shift
                 writable = (meta & ACCESS_WO) != 0

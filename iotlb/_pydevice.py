@@ -26,6 +26,8 @@ this twin; their attributes are set by the subclasses' ``__init__``.
 """
 from __future__ import annotations
 
+from collections import Counter
+
 from ._map import u64
 
 __all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
@@ -128,9 +130,30 @@ class PinLedger:
 
 
 class MemoryCore:
-    """The base of :class:`iotlb.usermem.UserMemory` (no behaviour in the twin)."""
+    """The base of :class:`iotlb.usermem.UserMemory`: the file references
+    (``get_file``/``fput`` counts per owner in ``_files``, owner -> Counter)."""
 
     __slots__ = ()
+
+    def _file_get(self, owner, file) -> None:
+        """Take a reference on ``file`` for ``owner`` (``get_file``)."""
+        refs = self._files.get(owner)
+        if refs is None:
+            refs = self._files[owner] = Counter()
+        refs[file] = refs.get(file, 0) + 1
+
+    def _file_put(self, owner, file) -> None:
+        """Drop a reference ``owner`` holds on ``file`` (``fput``); AssertionError
+        if it holds none."""
+        refs = self._files.get(owner)
+        count = refs.get(file, 0) if refs is not None else 0
+        if count <= 0:
+            raise AssertionError(f"fput of a file {owner!r} holds no reference to: "
+                                 f"{file!r}")
+        if count == 1:
+            del refs[file]
+        else:
+            refs[file] = count - 1
 
 
 class DeviceCore:

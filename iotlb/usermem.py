@@ -89,9 +89,6 @@ class MapFile(NamedTuple):
     offset: int
 
 
-_new_mapfile = tuple.__new__
-
-
 class UserMemory(MemoryCore):
     """The owner process's memory: placement, VMAs, pins, ``pinned_vm``, dirtying.
 
@@ -572,22 +569,9 @@ class UserMemory(MemoryCore):
         >>> mem.get_file("d", v, 0x5123), mem.file_refs()
         (MapFile(file='memfd:guest-ram', offset=20771), Counter({'memfd:guest-ram': 1}))
         """
-        refs = self._files.get(owner)
-        if refs is None:
-            refs = self._files[owner] = Counter()
-        refs[vma.file] += 1
+        self._file_get(owner, vma.file)
         return MapFile(vma.file, ((vma.pgoff << self.page_shift) + uaddr - vma.start)
                        & U64_MAX)
-
-    def _get_default_file(self, owner, uaddr: int) -> MapFile:
-        """:meth:`get_file` for the implicit mapping when no VMA is declared
-        (non-strict): file ``DEFAULT_FILE``, offset = ``uaddr``."""
-        refs = self._files.get(owner)
-        if refs is None:
-            refs = self._files[owner] = Counter()
-        f = self.DEFAULT_FILE
-        refs[f] = refs.get(f, 0) + 1
-        return _new_mapfile(MapFile, (f, uaddr))
 
     def fput(self, owner, map_file: MapFile) -> None:
         """Drop the reference a :class:`MapFile` holds.
@@ -596,13 +580,7 @@ class UserMemory(MemoryCore):
         >>> mem.fput("d", mf); mem.file_refs()
         Counter()
         """
-        refs = self._files.get(owner)
-        if refs is None or refs[map_file.file] <= 0:
-            raise AssertionError(f"fput of a file {owner!r} holds no reference to: "
-                                 f"{map_file.file!r}")
-        refs[map_file.file] -= 1
-        if not refs[map_file.file]:
-            del refs[map_file.file]
+        self._file_put(owner, map_file.file)
 
     def file_refs(self, owner=None) -> Counter:
         """File references held (by ``owner`` or everyone): ``file -> count``.

@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections import Counter
 
 from ._map import u64
+from .errors import IOTLBError
+from .wire import VHOST_MSG_SIZE, _bytes_view
 
 __all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
 
@@ -186,3 +188,33 @@ class DeviceCore:
         [EFAULT] vhost_chr_write_iter: the message handler failed (EPERM) <- vhost_vdpa_process_iotlb_msg: vhost_dev_check_owner: caller is not the owner (no VHOST_SET_OWNER)
         """
         return self._write(data)
+
+    def write_many(self, data) -> int:
+        """Send a buffer of concatenated 72-byte records as successive ``write()``
+        calls; return the number of records written.  The first failing write raises
+        (with ``index`` = its record number); a trailing partial record is written
+        as a short write (EINVAL).
+
+        >>> class P:
+        ...     nas = ngroups = nvqs = 1; use_va = False
+        ...     def reset(self): pass
+        ...     def dma_map(self, *a): pass
+        ...     def dma_unmap(self, *a): pass
+        >>> from iotlb.vdpa import VhostVdpa
+        >>> from iotlb.wire import encode, VHOST_IOTLB_UPDATE as U
+        >>> dev = VhostVdpa(P()); dev.open(); dev.set_owner()
+        >>> dev.write_many(encode(U, 0, 4096, 0) + encode(U, 4096, 4096, 4096))
+        2
+        """
+        view = memoryview(_bytes_view(data))
+        n = len(view)
+        write = self.write
+        count = 0
+        for off in range(0, n, VHOST_MSG_SIZE):
+            try:
+                write(view[off:off + VHOST_MSG_SIZE])
+            except IOTLBError as e:
+                e.index = count
+                raise
+            count += 1
+        return count

@@ -676,9 +676,9 @@ class VhostVdpa(DeviceCore):
         return self._backend.nvqs
 
     # ================================================================ write()
-    # write() itself is DeviceCore.write: compiled (iotlb._device) it runs the common
-    # UPDATE and INVALIDATE in C and hands every other message to _write; the twin
-    # (iotlb._pydevice) is _write.
+    # write() and write_many() are DeviceCore's: compiled (iotlb._device) they run the
+    # common UPDATE and INVALIDATE in C and hand every other message to _write; in the
+    # twin (iotlb._pydevice) write() is _write.
     def _write(self, data) -> int:
         """``vhost_chr_write_iter`` → ``vhost_vdpa_process_iotlb_msg``: the reference
         path of :meth:`write`."""
@@ -713,35 +713,6 @@ class VhostVdpa(DeviceCore):
         return IOTLBError(_EFAULT, f"vhost_chr_write_iter: the message handler failed "
                           f"({_errno.errorcode.get(error.errno, error.errno)})")
 
-
-    def write_many(self, data) -> int:
-        """Send a buffer of concatenated 72-byte records as successive ``write()``
-        calls; return the number of records written.  The first failing write raises
-        (with ``index`` = its record number); a trailing partial record is written
-        as a short write (EINVAL).
-
-        >>> class P:
-        ...     nas = ngroups = nvqs = 1; use_va = False
-        ...     def reset(self): pass
-        ...     def dma_map(self, *a): pass
-        ...     def dma_unmap(self, *a): pass
-        >>> from iotlb.wire import encode, VHOST_IOTLB_UPDATE as U
-        >>> dev = VhostVdpa(P()); dev.open(); dev.set_owner()
-        >>> dev.write_many(encode(U, 0, 4096, 0) + encode(U, 4096, 4096, 4096))
-        2
-        """
-        view = memoryview(_bytes_view(data))
-        n = len(view)
-        write = self.write
-        count = 0
-        for off in range(0, n, VHOST_MSG_SIZE):
-            try:
-                write(view[off:off + VHOST_MSG_SIZE])
-            except IOTLBError as e:
-                e.index = count
-                raise
-            count += 1
-        return count
 
     # ================================================================ handler level
     def process(self, msg: VhostMsg) -> None:

@@ -1205,6 +1205,39 @@ def test_write_fast_path_matches_reference_handler(cls, use_va):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array-Q",
+                                  "strided"])
+@pytest.mark.parametrize("use_va", [False, True])
+def test_write_many_matches_one_write_per_record(kind, use_va):
+    """write_many = vhost_chr_write_iter once per 72-byte record, whatever buffer
+    holds them: the same results, books and parent calls as the reference path,
+    up to the first failure (its record number in ``index``), then nothing more."""
+    import array
+    blob = b"".join([U(i * PAGE, PAGE, 0x100000 + i * PAGE, perm=1 + i % 3)
+                     for i in range(1, 40)] + [I(5 * PAGE, 1), I(0, 8 * PAGE),
+                    encode(VHOST_IOTLB_BATCH_BEGIN), U(0x80000, 4 * PAGE),
+                    encode(VHOST_IOTLB_BATCH_END), U(20 * PAGE, PAGE),   # EEXIST
+                    U(0x90000, PAGE)])
+    wrap = {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview,
+            "array-Q": lambda b: array.array("Q", b),
+            "strided": lambda b: memoryview(bytes(x for c in b for x in (c, 0)))[::2]}
+    runs = []
+    for fast in (True, False):
+        dev = opened(SetMapParent(use_va=use_va) if use_va else DmaParent())
+        dev._fast = fast
+        with pytest.raises(IOTLBError) as ei:
+            dev.write_many(wrap[kind](blob))
+        runs.append((ei.value.index, ei.value.errno, entries(dev),
+                     dev.usermem.pins(dev), dev.usermem.file_refs(dev), dev.backend.calls))
+    assert runs[0] == runs[1]
+    assert runs[0][:2] == (39 + 2 + 3, EFAULT)
+    dev.write_many(wrap[kind](blob[-72:]) if kind != "strided" else blob[-72:])
+    assert dev.write_many(b"") == 0
+    with pytest.raises(IOTLBError) as ei:
+        dev.write_many(U(0xa0000, PAGE) + U(0xb0000, PAGE)[:39])   # short write
+    assert (ei.value.index, ei.value.errno) == (1, EINVAL)
+
+
 class _CountingDev(VhostVdpa):
     """Counts the messages write() hands to the reference path."""
 

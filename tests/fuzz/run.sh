@@ -6,9 +6,10 @@
 # Environment:
 #   PYTHON=...        interpreter with iotlb + atheris (default: ../venv/bin/python, python3)
 #   FUZZ_JOBS=N       run N targets at once (default 1; each target is one process)
-#   FUZZ_SANCOV=1     also guide by C coverage of the Cython engine: build an instrumented
-#                     copy (build_instrumented.sh sancov, needs clang) into
-#                     fuzz-artifacts/build and preload libFuzzer (default: 1 if clang exists)
+#   FUZZ_SANCOV=1     also guide by C coverage of the Cython extensions (engine and device
+#                     core): build an instrumented copy (build_instrumented.sh sancov, needs
+#                     clang) into fuzz-artifacts/build and preload libFuzzer (default: 1 if
+#                     clang exists); rebuilt whenever a source differs from the copy built
 #   FUZZ_ARGS="..."   extra libFuzzer flags (e.g. -max_len=2048 -dict=...)
 #
 # Everything generated goes to fuzz-artifacts/ (git-ignored): the growing corpus
@@ -41,7 +42,12 @@ if [ "$SANCOV" = 1 ]; then
   LIBDIR=$(clang -print-resource-dir)/lib/linux
   exec 9>"$ART/.build.lock"     # concurrent run.sh invocations build once
   flock 9
-  if [ ! -f "$ART/build/libfuzzer_no_main.so" ] || [ "$ROOT/iotlb/_engine.pyx" -nt "$ART/build/iotlb" ]; then
+  STALE=0
+  [ -f "$ART/build/libfuzzer_no_main.so" ] || STALE=1
+  for f in _engine.pyx _engine.pxd _device.pyx; do   # the sources build_instrumented.sh copies
+    cmp -s "$ROOT/iotlb/$f" "$ART/build/src/$f" || STALE=1
+  done
+  if [ "$STALE" = 1 ]; then
     "$HERE/build_instrumented.sh" sancov "$ART/build" >"$ART/logs/build.log" 2>&1 \
       || { echo "instrumented build failed, see $ART/logs/build.log" >&2; exit 2; }
     clang++ -shared -fPIC -o "$ART/build/libfuzzer_no_main.so" -Wl,--whole-archive \
@@ -50,9 +56,11 @@ if [ "$SANCOV" = 1 ]; then
   fi
   flock -u 9
   ENV_EXTRA=(LD_PRELOAD="$ART/build/libfuzzer_no_main.so" PYTHONPATH="$ART/build" FUZZ_SANCOV=1)
-  echo "engine: instrumented copy $ART/build (sha256 $(cut -c1-12 "$ART/build/ENGINE_SHA256"))"
+  echo "engine + device: instrumented copy $ART/build (sha256 _engine.pyx" \
+    "$(head -1 "$ART/build/ENGINE_SHA256" | cut -c1-12), _device.pyx" \
+    "$(head -1 "$ART/build/DEVICE_SHA256" | cut -c1-12))"
 else
-  echo "engine: the tree's build (Python-level coverage only)"
+  echo "engine + device: the tree's build (Python-level coverage only)"
 fi
 
 run_one() {

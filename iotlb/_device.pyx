@@ -432,8 +432,8 @@ cdef class DeviceCore:
         Compiled, the common UPDATE (one physically contiguous run, or the implicit
         shared-file mapping in VA mode) and INVALIDATE (one entry) run in C, and every
         other case -- or any case the fast path declines before changing anything --
-        goes through the reference handler, which is all this twin does.  Both give
-        identical results (tested).
+        goes through the reference handler ``_write``, which is all the pure twin's
+        ``write()`` does.  Both give identical results (tested).
 
         >>> from iotlb.vdpa import VhostVdpa
         >>> class P:

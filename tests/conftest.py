@@ -1,4 +1,4 @@
-"""Shared fixtures: every engine test runs against both engines.
+"""Shared fixtures: every engine (and pin ledger) test runs against both implementations.
 
 The Cython engine is always tested when it is importable; it is skipped only when the
 whole run uses the pure twin (``IOTLB_PUREPYTHON=1``) and the extension is not built.
@@ -9,18 +9,20 @@ import os
 
 import pytest
 
-from iotlb import _pyengine
+from iotlb import _pydevice, _pyengine
 
 try:
-    from iotlb import _engine
+    from iotlb import _device, _engine
 except ImportError:  # pragma: no cover - depends on the build
-    _engine = None
+    _device = _engine = None
     if os.environ.get("IOTLB_PUREPYTHON") != "1":
         raise
 
 ENGINES = {"python": _pyengine.IOTLB}
+LEDGERS = {"python": _pydevice.PinLedger}
 if _engine is not None:
     ENGINES["cython"] = _engine.IOTLB
+    LEDGERS["cython"] = _device.PinLedger
 
 
 @pytest.fixture(params=sorted(ENGINES), ids=lambda name: name)
@@ -33,3 +35,15 @@ def IOTLB(request):
 def all_engines():
     """``{name: engine class}`` for tests that compare the engines directly."""
     return dict(ENGINES)
+
+
+@pytest.fixture(params=sorted(LEDGERS), ids=lambda name: name)
+def PinLedger(request):
+    """The pin ledger class under test (compiled device core, then its twin)."""
+    return LEDGERS[request.param]
+
+
+@pytest.fixture(scope="session")
+def all_ledgers():
+    """``{name: PinLedger class}`` for tests that compare the implementations."""
+    return dict(LEDGERS)

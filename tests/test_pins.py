@@ -7,31 +7,12 @@ from (``unpin_user_page``).  Both implementations run every test, against a
 """
 from __future__ import annotations
 
-import os
 import random
 import sys
 from collections import Counter
 
 import pytest
 from hypothesis import given, settings, strategies as st
-
-from iotlb import _pydevice
-
-try:
-    from iotlb import _device
-except ImportError:  # pragma: no cover - a pure-only build
-    _device = None
-    if os.environ.get("IOTLB_PUREPYTHON") != "1":
-        raise
-
-LEDGERS = {"python": _pydevice.PinLedger}
-if _device is not None:
-    LEDGERS["cython"] = _device.PinLedger
-
-
-@pytest.fixture(params=sorted(LEDGERS))
-def Ledger(request):
-    return LEDGERS[request.param]
 
 
 def _agree(book, model: Counter) -> None:
@@ -41,8 +22,8 @@ def _agree(book, model: Counter) -> None:
     assert book.pages == sum(k[1] * c for k, c in model.items())
 
 
-def test_pin_unpin_count(Ledger):
-    book = Ledger()
+def test_pin_unpin_count(PinLedger):
+    book = PinLedger()
     assert not book and book.pages == 0 and book.items() == []
     book.pin(5, 2, True)
     book.pin(5, 2, True)
@@ -58,8 +39,8 @@ def test_pin_unpin_count(Ledger):
 
 @pytest.mark.parametrize("bad", [(-1, 1, True), (2**64, 1, True), (0, 0, True),
                                  (0, 2**63, False), ("1", 1, True), (1.0, 1, True)])
-def test_bad_runs_raise_and_change_nothing(Ledger, bad):
-    book = Ledger()
+def test_bad_runs_raise_and_change_nothing(PinLedger, bad):
+    book = PinLedger()
     book.pin(1, 1, True)
     with pytest.raises((TypeError, ValueError, OverflowError)):
         book.pin(*bad)
@@ -68,8 +49,8 @@ def test_bad_runs_raise_and_change_nothing(Ledger, bad):
     assert book.items() == [((1, 1, True), 1)] and book.pages == 1
 
 
-def test_extreme_values(Ledger):
-    book = Ledger()
+def test_extreme_values(PinLedger):
+    book = PinLedger()
     top = 2**64 - 1
     book.pin(top, 2**63 - 1, True)
     book.pin(0, 1, False)
@@ -77,11 +58,11 @@ def test_extreme_values(Ledger):
     assert book.unpin(top, 2**63 - 1, True) and book.items() == [((0, 1, False), 1)]
 
 
-def test_grows_and_shrinks_with_collisions(Ledger):
+def test_grows_and_shrinks_with_collisions(PinLedger):
     """Many runs on the same pfn (lengths differ) and on pfns that differ only in
     high bits: every deletion keeps every other run findable (backward shift)."""
     rng = random.Random(7)
-    book, model = Ledger(), Counter()
+    book, model = PinLedger(), Counter()
     keys = [(p << 40 | (i % 3), n, w) for p in range(40) for i, n in enumerate(
         (1, 2, 3, 512)) for w in (False, True)]
     for step in range(6000):
@@ -103,10 +84,11 @@ def test_grows_and_shrinks_with_collisions(Ledger):
     _agree(book, Counter())
 
 
-@pytest.mark.skipif(_device is None, reason="compiled core not built")
-def test_compiled_table_gives_memory_back():
+def test_compiled_table_gives_memory_back(all_ledgers):
     """Emptying a large ledger halves its table down to the minimum."""
-    book = _device.PinLedger()
+    if "cython" not in all_ledgers:
+        pytest.skip("compiled device core not built")
+    book = all_ledgers["cython"]()
     small = sys.getsizeof(book)
     for pfn in range(20000):
         book.pin(pfn, 1, True)
@@ -124,9 +106,9 @@ _keys = st.tuples(st.integers(0, 64) | st.just(2**64 - 1),
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), _keys), max_size=300))
-def test_random_sequences_agree_with_a_counter(ops):
+def test_random_sequences_agree_with_a_counter(all_ledgers, ops):
     """Every implementation against a Counter, step by step."""
-    books = {name: cls() for name, cls in LEDGERS.items()}
+    books = {name: cls() for name, cls in all_ledgers.items()}
     model: Counter = Counter()
     for pin, k in ops:
         if pin:

@@ -29,7 +29,7 @@ class MemoryCore:
     dirtied_pages: int
     record_dirty: bool
     dirtied: dict[tuple[int, int], int]
-    memlock_pages: Optional[int]
+    _memlock: Optional[int]
     _simple_pa: bool
     _simple_va: bool
     _files: dict[object, dict[object, int]]

@@ -137,7 +137,8 @@ cdef class PinLedger:
     """One owner's pinned runs: ``(pfn, npages, writable) -> count`` (count > 0).
 
     ``pages`` is the sum of ``npages * count`` -- what the owner charged to
-    ``pinned_vm``.  :meth:`items` lists the runs in no particular order.
+    ``pinned_vm`` -- and stays within 2**63-1 (a pin that would pass it is an
+    OverflowError that changes nothing).  :meth:`items` lists the runs in no particular order.
 
     >>> book = PinLedger(); book.pin(7, 2, False)
     >>> book, bool(book), PinLedger().pages
@@ -186,8 +187,11 @@ cdef class PinLedger:
         return 0
 
     cdef int _pin(self, uint64_t pfn, uint64_t nw) except -1:
-        # one more pin of the run (nw = npages << 1 | writable, npages >= 1)
+        # one more pin of the run (nw = npages << 1 | writable, 1 <= npages < 2**63);
+        # OverflowError, nothing changed, if pages would pass 2**63-1
         cdef Py_ssize_t i = self._find(pfn, nw), mask
+        if <int64_t>(nw >> 1) > NPAGES_MAX - self._pages:
+            raise OverflowError(f"pages {self._pages} + {nw >> 1} would pass 2**63-1")
         if i < 0:
             if 2 * (self.used + 1) > self.cap:
                 if self._resize(self.cap * 2 if self.cap else 16) < 0:
@@ -312,13 +316,13 @@ cdef class PinLedger:
         >>> book = PinLedger(); book.pin(0, 2, True); book._check()
         """
         cdef Py_ssize_t i, j, n = 0, mask = self.cap - 1
-        cdef int64_t pages = 0
+        pages = 0                    # a Python int: the sum is checked, not trusted
         for i in range(self.cap):
             if self.slot[i].nw == 0:
                 continue
             n += 1
             assert self.slot[i].count > 0, "non-positive pin count"
-            pages += <int64_t>(self.slot[i].nw >> 1) * self.slot[i].count
+            pages += (self.slot[i].nw >> 1) * self.slot[i].count
             j = <Py_ssize_t>(run_hash(self.slot[i].pfn, self.slot[i].nw) & <uint64_t>mask)
             while j != i:
                 assert self.slot[j].nw != 0, "run not reachable from its home slot"
@@ -333,15 +337,18 @@ cdef class MemoryCore:
     """The base of :class:`iotlb.usermem.UserMemory`: the books ``write()`` touches.
 
     ``UserMemory.__init__`` sets every field; the compiled fast path reads them as C
-    values (``pinned_vm``, ``dirtied_pages`` are signed 64-bit page counts).
+    values.  ``pinned_vm`` is signed 64-bit, as the kernel's ``atomic64_t``: the
+    RLIMIT_MEMLOCK check keeps it below 2**63 (``page_size >= 2``,
+    ``memlock_pages <= (2**64-1) >> page_shift``); ``dirtied_pages`` only grows and
+    is a Python int.
     """
 
     cdef public dict _pins          # owner -> PinLedger
     cdef public long long pinned_vm
-    cdef public long long dirtied_pages
+    cdef public object dirtied_pages  # cumulative: a Python int, never wraps
     cdef public bint record_dirty
     cdef public dict dirtied        # (pfn, npages) -> times dirtied (record_dirty)
-    cdef public object memlock_pages
+    cdef public object _memlock     # memlock_pages (validated by UserMemory)
     cdef public bint _simple_pa     # identity placement, every page pinnable
     cdef public bint _simple_va     # every address in the implicit shared mapping
     cdef public dict _files         # owner -> Counter(file -> references)
@@ -552,11 +559,11 @@ cdef class DeviceCore:
             npages = span >> self._shift
             upfn = uaddr >> self._shift
             limit = UMAX >> self._shift               # RLIM_INFINITY
-            if mem.memlock_pages is not None:
-                if type(mem.memlock_pages) is not int or mem.memlock_pages < 0 \
-                        or mem.memlock_pages > UMAX:
+            if mem._memlock is not None:
+                if type(mem._memlock) is not int or mem._memlock < 0 \
+                        or mem._memlock > limit:
                     return 0
-                limit = mem.memlock_pages
+                limit = mem._memlock
             if mem.pinned_vm < 0 or npages > limit \
                     or <uint64_t>mem.pinned_vm > limit - npages:
                 return 0                              # ENOMEM: reference
@@ -643,7 +650,7 @@ cdef class DeviceCore:
                                          f"[{m_start:#x}, {m_last:#x}] -> {m_addr:#x}")
                 mem.pinned_vm -= <long long>n
                 if writable:
-                    mem.dirtied_pages += <long long>n
+                    mem.dirtied_pages += n
                     if mem.record_dirty:
                         d = mem.dirtied
                         dk = (m_addr >> self._shift, n)

@@ -49,7 +49,8 @@ class PinLedger:
     """One owner's pinned runs: ``(pfn, npages, writable) -> count`` (count > 0).
 
     ``pages`` is the sum of ``npages * count`` -- what the owner charged to
-    ``pinned_vm``.  :meth:`items` lists the runs in no particular order.
+    ``pinned_vm`` -- and stays within 2**63-1 (a pin that would pass it is an
+    OverflowError that changes nothing).  :meth:`items` lists the runs in no particular order.
 
     >>> book = PinLedger(); book.pin(7, 2, False)
     >>> book, bool(book), PinLedger().pages
@@ -78,6 +79,8 @@ class PinLedger:
         1
         """
         key = _run_key(pfn, npages, writable)
+        if self._pages + key[1] > _NPAGES_MAX:
+            raise OverflowError(f"pages {self._pages} + {key[1]} would pass 2**63-1")
         self._runs[key] = self._runs.get(key, 0) + 1
         self._pages += key[1]
 

@@ -45,6 +45,7 @@ else:
 __all__ = ["UserMemory", "Vma", "MapFile"]
 
 _ADDR_END = 1 << 64  # one past the last user address of the model
+_S64_MAX = (1 << 63) - 1  # atomic64_t: pinned_vm
 
 
 class Vma(NamedTuple):
@@ -106,8 +107,8 @@ class UserMemory(MemoryCore):
 
     def __init__(self, page_size: int = 4096, *, memlock_pages: Optional[int] = None,
                  strict: bool = False, record_dirty: bool = True) -> None:
-        if page_size <= 0 or page_size & (page_size - 1):
-            raise ValueError(f"page_size must be a power of two, got {page_size}")
+        if type(page_size) is not int or page_size < 2 or page_size & (page_size - 1):
+            raise ValueError(f"page_size must be a power of two >= 2, got {page_size!r}")
         self.page_size = page_size
         self.page_shift = page_size.bit_length() - 1
         self._npfn = _ADDR_END >> self.page_shift
@@ -156,15 +157,40 @@ class UserMemory(MemoryCore):
 
     # ------------------------------------------------------------ limits
     @property
+    def memlock_pages(self) -> Optional[int]:
+        """``RLIMIT_MEMLOCK >> PAGE_SHIFT`` (None = ``RLIM_INFINITY``): None or an int
+        in ``0 .. (2**64-1) >> page_shift``, so that ``pinned_vm`` (the kernel's
+        ``atomic64_t``) can never pass 2**63-1.
+
+        >>> mem = UserMemory(); mem.memlock_pages = 2**52 - 1; mem.memlock_pages == 2**52 - 1
+        True
+        >>> mem.memlock_pages = 2**52
+        Traceback (most recent call last):
+        ...
+        OverflowError: memlock_pages must be in 0..4503599627370495 (RLIMIT_MEMLOCK >> PAGE_SHIFT), got 4503599627370496
+        """
+        return self._memlock
+
+    @memlock_pages.setter
+    def memlock_pages(self, value: Optional[int]) -> None:
+        if value is not None:
+            value = u64(value, "memlock_pages")
+            top = U64_MAX >> self.page_shift
+            if value > top:
+                raise OverflowError(f"memlock_pages must be in 0..{top} (RLIMIT_MEMLOCK "
+                                    f">> PAGE_SHIFT), got {value}")
+        self._memlock = value
+
+    @property
     def lock_limit(self) -> int:
         """``PFN_DOWN(rlimit(RLIMIT_MEMLOCK))`` in pages.
 
         >>> UserMemory().lock_limit == (2**64 - 1) >> 12
         True
         """
-        if self.memlock_pages is None:
+        if self._memlock is None:
             return U64_MAX >> self.page_shift
-        return self.memlock_pages
+        return self._memlock
 
     # ------------------------------------------------------------ placement
     def _check_aligned(self, name: str, value: int) -> int:
@@ -431,6 +457,9 @@ class UserMemory(MemoryCore):
         >>> mem.pinned_vm, mem.pin_count(17)
         (4, 1)
         """
+        if self.pinned_vm + npages > _S64_MAX:
+            raise OverflowError(f"pinned_vm {self.pinned_vm} + {npages} pages would pass "
+                                f"2**63-1 (atomic64_t)")
         book = self._pins.get(owner)
         if book is None:
             book = self._pins[owner] = PinLedger()

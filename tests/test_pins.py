@@ -53,9 +53,26 @@ def test_extreme_values(PinLedger):
     book = PinLedger()
     top = 2**64 - 1
     book.pin(top, 2**63 - 1, True)
+    assert book.count(top, 2**63 - 1, True) == 1 and book.pages == 2**63 - 1
+    assert book.unpin(top, 2**63 - 1, True)
     book.pin(0, 1, False)
-    assert book.count(top, 2**63 - 1, True) == 1
-    assert book.unpin(top, 2**63 - 1, True) and book.items() == [((0, 1, False), 1)]
+    assert book.items() == [((0, 1, False), 1)]
+
+
+def test_pages_never_pass_2_63(PinLedger):
+    """pages is what pinned_vm (atomic64_t) is charged: a pin that would take it past
+    2**63-1 is an OverflowError and changes nothing (the C table must not wrap)."""
+    book = PinLedger()
+    book.pin(2**64 - 1, 2**63 - 1, True)
+    with pytest.raises(OverflowError):
+        book.pin(0, 1, False)
+    book._check()
+    assert book.pages == 2**63 - 1 and len(book) == 1
+    book = PinLedger()
+    book.pin(5, 2**62, True)
+    with pytest.raises(OverflowError):
+        book.pin(5, 2**62, True)
+    assert book.count(5, 2**62, True) == 1 and book.pages == 2**62
 
 
 def test_grows_and_shrinks_with_collisions(PinLedger):

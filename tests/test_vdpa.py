@@ -1238,6 +1238,42 @@ def test_write_many_matches_one_write_per_record(kind, use_va):
     assert (ei.value.index, ei.value.errno) == (1, EINVAL)
 
 
+@pytest.mark.parametrize("bad", [2**63, 2**64 - 1, -1, 1.5])
+def test_memlock_pages_is_a_page_count_of_the_address_space(bad):
+    """RLIMIT_MEMLOCK >> PAGE_SHIFT: at most (2**64-1) >> page_shift, so pinned_vm
+    (atomic64_t) cannot pass 2**63-1; anything else is refused up front."""
+    with pytest.raises((OverflowError, TypeError)):
+        UserMemory(2, memlock_pages=bad)
+    mem = UserMemory(2, memlock_pages=5)
+    with pytest.raises((OverflowError, TypeError)):
+        mem.memlock_pages = bad
+    assert mem.memlock_pages == 5
+    with pytest.raises(ValueError):
+        UserMemory(1)                          # no page shift, no page count limit
+
+
+def test_huge_runs_keep_exact_books_fast_or_not():
+    """2-byte pages: runs of 2**62 pages.  vhost_vdpa_pa_map's RLIMIT_MEMLOCK check
+    (RLIM_INFINITY >> PAGE_SHIFT = 2**63-1 pages) refuses the second half of the
+    space with ENOMEM; dirtied_pages only grows and never wraps."""
+    runs = []
+    for fast in (True, False):
+        dev = opened(DmaParent(), usermem=UserMemory(2), page_size=2)
+        dev._fast = fast
+        out = []
+        for msg in (U(0, 1 << 63, 0), U(1 << 63, (1 << 63) - 1, 1 << 63),
+                    I(0, 1 << 63), U(0, 1 << 63, 0), I(0, 1 << 63), I(0, 1 << 63)):
+            try:
+                out.append(dev.write(msg))
+            except IOTLBError as e:
+                out.append((e.errno, e.__cause__.errno))
+        dev.check_invariants()
+        runs.append((out, dev.usermem.pinned_vm, dev.usermem.dirtied_pages,
+                     dev.pinned_pages))
+    assert runs[0] == runs[1]
+    assert runs[0] == ([72, (EFAULT, ENOMEM), 72, 72, 72, 72], 0, 2**63, 0)
+
+
 class _CountingDev(VhostVdpa):
     """Counts the messages write() hands to the reference path."""
 

@@ -789,6 +789,16 @@ DEVICE_ROWS = [
     ("D22", "SET_OWNER twice", (_device, lambda d: d.set_owner()), (IOTLBError, EBUSY)),
     ("D23", "write(memoryview strided / array('Q')) is taken as bytes",
      (_device, lambda d: d.write(A("Q", _u(0, 4096)))), ("ok", 72)),
+    ("D24", "memlock_pages 2**52 / -1 / 1.5 with 4 KiB pages (RLIMIT_MEMLOCK >> 12 "
+     "is at most 2**52-1)",
+     (_device, lambda d: _every((OverflowError, TypeError),
+                                lambda: setattr(d.usermem, "memlock_pages", 1.5),
+                                lambda: setattr(d.usermem, "memlock_pages", -1),
+                                lambda: setattr(d.usermem, "memlock_pages", 2**52))),
+     OverflowError),
+    ("D25", "UserMemory.pin past 2**63-1 pages of pinned_vm (atomic64_t)",
+     (_device, lambda d: [d.usermem.pin("x", 0, 2**62, True),
+                          d.usermem.pin("x", 0, 2**62, True)]), OverflowError),
 ]
 
 

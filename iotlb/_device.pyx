@@ -79,6 +79,7 @@ cdef extern from *:
     }
     """
     uint64_t iotlb_le64(const unsigned char *p) noexcept nogil
+    void PyObject_GC_UnTrack(void *op) noexcept
     uint32_t iotlb_le32(const unsigned char *p) noexcept nogil
 
 cdef uint64_t UMAX = 0xFFFFFFFFFFFFFFFF
@@ -581,6 +582,11 @@ cdef class DeviceCore:
             f = mem.DEFAULT_FILE
             mem._file_get(self, f)
             opaque = tuple.__new__(_mapfile_type(), (f, uaddr))
+            if type(f) is str:
+                # a (str, int) record can be in no reference cycle: untrack it, as
+                # CPython untracks plain tuples of atomic items (a MapFile, a tuple
+                # subclass, never is), so full collections skip one object an entry
+                PyObject_GC_UnTrack(<void *>opaque)
         # vhost_vdpa_map
         iotlb._add(map_iova, map_last, pa, perm, opaque)
         try:

@@ -1274,6 +1274,37 @@ def test_huge_runs_keep_exact_books_fast_or_not():
     assert runs[0] == ([72, (EFAULT, ENOMEM), 72, 72, 72, 72], 0, 2**63, 0)
 
 
+def test_va_file_records_are_collected_in_cycles():
+    """A vdpa_map_file record (MapFile) whose file is an arbitrary object stays under
+    the cycle collector: a file that refers back to the device does not leak.  With
+    the default (str) file the record cannot be in a cycle, and the compiled path
+    leaves it out of the collector's traversals, as CPython does with plain tuples."""
+    import gc
+    import weakref
+
+    class File:
+        pass
+
+    dev = opened(DmaParent(use_va=True))
+    dev.write(U(0x1000, PAGE, 0x7F0000001000))   # creates AS 0: the reference path
+    dev.write(U(0x3000, PAGE, 0x7F0000003000))   # the common case
+    plain = dev.vhost_iotlb(0).first(0x3000, 0x3000).ctx
+    assert plain.file == UserMemory.DEFAULT_FILE
+    if iotlb.IMPLEMENTATION == "cython":
+        assert not gc.is_tracked(plain)
+    f = File()
+    f.dev = dev                               # the cycle: dev -> IOTLB -> ctx -> f -> dev
+    dev.usermem.DEFAULT_FILE = f
+    dev.write(U(0x2000, PAGE, 0x7F0000002000))
+    ctx = dev.vhost_iotlb(0).first(0x2000, 0x2000).ctx
+    assert ctx.file is f and gc.is_tracked(ctx)
+    dev.check_invariants()
+    gone = weakref.ref(f)
+    del f, ctx, dev, plain
+    gc.collect()
+    assert gone() is None
+
+
 class _CountingDev(VhostVdpa):
     """Counts the messages write() hands to the reference path."""
 

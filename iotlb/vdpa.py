@@ -174,7 +174,7 @@ class VhostVdpa(DeviceCore):
         self._shift = page_size.bit_length() - 1
         self._offmask = page_size - 1
         # pin_user_pages batch: one page of struct page * (PAGE_SIZE / 8 entries)
-        self._gup_batch = page_size // 8
+        self._gup_batch = max(1, page_size // 8)   # at least one page (tiny pages)
         self._opened = False
         self._vqs = False          # v->vdev.vqs != NULL (between dev_init and cleanup)
         self._owner = False

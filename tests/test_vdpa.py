@@ -1305,6 +1305,25 @@ def test_va_file_records_are_collected_in_cycles():
     assert gone() is None
 
 
+@pytest.mark.parametrize("page", [2, 4, 8])
+def test_pa_map_non_contiguous_with_tiny_pages(page):
+    """vhost_vdpa_pa_map's pin_user_pages batch is PAGE_SIZE / sizeof(struct page *)
+    pages; with pages smaller than a pointer it is still one page, never zero."""
+    mem = UserMemory(page)
+    mem.place(2 * page, page, 0x100 * page)          # one page elsewhere
+    dev = opened(DmaParent(), usermem=mem, page_size=page)
+    dev.write(U(0, 4 * page, 0))
+    assert entries(dev) == [(0, 2 * page - 1, 0, 3), (2 * page, 3 * page - 1, 0x100 * page, 3),
+                            (3 * page, 4 * page - 1, 3 * page, 3)]
+    assert dev.pinned_pages == 4
+    mem.strict = True                               # pages 2.. of 0x1000 page are unmapped
+    mem.map_anon(0x1000 * page, 2 * page)
+    e = err(dev.write, U(0x40000 * page, 4 * page, 0x1000 * page))
+    assert (e.errno, e.__cause__.errno) == (EFAULT, EFAULT)
+    assert dev.pinned_pages == 4 and len(entries(dev)) == 3
+    dev.check_invariants()
+
+
 class _CountingDev(VhostVdpa):
     """Counts the messages write() hands to the reference path."""
 

@@ -7,7 +7,7 @@ Input layout:
 * byte 0 picks the backend (mod 7): platform_iommu; vdpa_sim with batch_mapping
   True/False x use_va True/False; mlx5 with umem_uid_0 True/False;
 * byte 1 configures the device: IOVA range, RLIMIT_MEMLOCK, strict user memory,
-  non-contiguous placement / VMA declarations, backend features acked;
+  non-contiguous placement / VMA declarations, backend features acked, 2-byte pages;
 * the rest is a stream of operations: mostly ``write()`` of a structured or raw
   record, sometimes an ioctl (SET_STATUS, SET_BACKEND_FEATURES, SET_GROUP_ASID,
   SUSPEND/RESUME, release + reopen).
@@ -50,15 +50,17 @@ BACKENDS = (
 
 #: set when a run of many ops should stop early (big inputs stay fast)
 MAX_OPS = 64
-#: PA mode pins per page in some paths of the memory model: keep sizes sane there
+#: the usual page; config bit 32 picks TINY pages instead, where one UPDATE of the
+#: whole space pins 2**62 pages and the page counters approach 2**63 (bug 13)
 PAGE = 4096
+TINY = 2
 
 _TYPES = (wire.VHOST_IOTLB_UPDATE,) * 6 + (wire.VHOST_IOTLB_INVALIDATE,) * 3 + (
     wire.VHOST_IOTLB_BATCH_BEGIN, wire.VHOST_IOTLB_BATCH_END, wire.VHOST_IOTLB_MISS,
     wire.VHOST_IOTLB_ACCESS_FAIL, 0, 7, 255)
 _RANGES = ((0, U64), (0x1000, U64), (0, (1 << 48) - 1), (0x10000, 0x3FFFFF),
            (0, 0xFFFFFFFF))
-_MEMLOCK = (None, None, 0, 1, 4, 64, 1 << 20)
+_MEMLOCK = (None, None, 0, 1, 4, 64, 1 << 20, "top")   # top: (2**64-1) >> page_shift
 
 
 def make_device(r: Reader):
@@ -68,17 +70,20 @@ def make_device(r: Reader):
     if cfg & 1:
         opts["iova_range"] = _RANGES[r.u8() % len(_RANGES)]
     backend = iotlb.load_backend(name, **opts)
-    mem = UserMemory(PAGE, memlock_pages=_MEMLOCK[r.u8() % len(_MEMLOCK)],
-                     strict=bool(cfg & 2))
+    page = TINY if cfg & 32 else PAGE
+    memlock = _MEMLOCK[r.u8() % len(_MEMLOCK)]
+    if memlock == "top":
+        memlock = U64 >> (page.bit_length() - 1)
+    mem = UserMemory(page, memlock_pages=memlock, strict=bool(cfg & 2))
     if cfg & 4:
         # declare some memory layout: placements (non-contiguous PA) and VMAs
         for _ in range(r.u8() % 6):
             k = r.u8() % 5
-            a = (r.u8() & 0x3F) * PAGE
-            n = ((r.u8() & 0x7) + 1) * PAGE
+            a = (r.u8() & 0x3F) * page
+            n = ((r.u8() & 0x7) + 1) * page
             try:
                 if k == 0:
-                    mem.place(a, n, (r.u8() & 0xFF) * PAGE)
+                    mem.place(a, n, (r.u8() & 0xFF) * page)
                 elif k == 1:
                     mem.map_anon(a, n, shared=bool(r.u8() & 1))
                 elif k == 2:
@@ -89,7 +94,7 @@ def make_device(r: Reader):
                     mem.munmap(a, n)
             except (ValueError, OverflowError, IOTLBError):
                 pass
-    dev = VhostVdpa(backend, usermem=mem, page_size=PAGE)
+    dev = VhostVdpa(backend, usermem=mem, page_size=page)
     dev.open()
     dev.set_owner()
     offered = dev.get_backend_features()

@@ -36,7 +36,10 @@ def iommu_prot(perm: int) -> int:
     >>> [int(iommu_prot(p)) for p in (0, 1, 2, 3, 7)]
     [0, 1, 2, 3, 0]
     """
-    return Perm(perm) if perm in (Perm.RO, Perm.WO, Perm.RW) else Perm.NONE
+    return _IOMMU_PROT.get(perm, Perm.NONE)
+
+
+_IOMMU_PROT = {int(p): p for p in (Perm.RO, Perm.WO, Perm.RW)}  # a table: no enum call
 
 
 class PlatformIommu(Backend):
@@ -141,7 +144,9 @@ class PlatformIommu(Backend):
         0
         """
         last = self._check_range("iommu_unmap", iova, size)
-        gone = sum(m.size for m in self._domain.overlapping(iova, last))
+        gone = 0
+        for m in self._domain.overlapping(iova, last):
+            gone += m[1] - m[0] + 1                  # Map: (start, last, ...)
         self._domain.unmap(iova, last)
         return gone
 

@@ -499,6 +499,7 @@ cdef class DeviceCore:
         cdef uint64_t iova, size, perm
         cdef int t
         cdef PyObject *found
+        cdef IOTLB iotlb
         if not self._fast or not self._owner or not self._opened:
             return 0
         outer = iotlb_le32(b)
@@ -519,10 +520,13 @@ cdef class DeviceCore:
         found = PyDict_GetItem(self._as, asid)
         if found == NULL or type(<object>found) is not IOTLB:
             return 0                                  # AS to create, or EINVAL
+        # a reference of our own: a parent op may remove the AS (release() from a
+        # callback) while the tree is still in use here
+        iotlb = <IOTLB>found
         if t == T_UPDATE:
-            return self._update(<IOTLB>found, asid, iova, size, iotlb_le64(b + 24), perm)
+            return self._update(iotlb, asid, iova, size, iotlb_le64(b + 24), perm)
         if t == T_INVALIDATE:
-            return self._invalidate(<IOTLB>found, asid, iova, size)
+            return self._invalidate(iotlb, asid, iova, size)
         return 0
 
     cdef int _update(self, IOTLB iotlb, uint32_t asid, uint64_t iova, uint64_t size,
@@ -543,8 +547,9 @@ cdef class DeviceCore:
         backend = self._backend
         use_va = bool(backend.use_va)
         if use_va:
-            # vhost_vdpa_va_map, one VMA: the implicit shared-file mapping
-            if not mem._simple_va or uaddr > UMAX - size + 1:
+            # vhost_vdpa_va_map, one VMA: the implicit shared-file mapping (a VMA
+            # with no file is skipped by the kernel: the reference path's case)
+            if not mem._simple_va or uaddr > UMAX - size + 1 or mem.DEFAULT_FILE is None:
                 return 0
             map_iova = iova
             map_size = size
@@ -627,7 +632,7 @@ cdef class DeviceCore:
         cdef Py_ssize_t version
         cdef MemoryCore mem = self._mem
         cdef PinLedger pins
-        cdef bint writable
+        cdef bint writable, use_va, dma
         if mem is None or size - 1 > UMAX - iova:
             return 0
         last = iova + size - 1
@@ -644,10 +649,22 @@ cdef class DeviceCore:
             ctx = None
             if meta & HASCTX:
                 ctx = iotlb._ctx.get(meta >> 9)
-            if backend.use_va:
+            use_va = bool(backend.use_va)
+            n = m_size >> self._shift
+            if not use_va and n == 0:
+                return 0                              # a sub-page VA entry: reference
+            # vhost_vdpa_general_unmap's op, bound before anything changes (an absent
+            # op fails here, an op set to None means "no call")
+            dma = getattr(backend, "dma_map", None) is not None
+            if dma:
+                dev_unmap = backend.dma_unmap
+            elif getattr(backend, "set_map", None) is None:
+                dev_unmap = backend.iommu_unmap
+            else:
+                dev_unmap = None
+            if use_va:
                 mem._file_put(self, ctx.file)                # fput
             else:
-                n = m_size >> self._shift
                 writable = (meta & ACCESS_WO) != 0
                 pins = _ledger(mem, self)
                 if pins is None or not pins._unpin(m_addr >> self._shift,
@@ -662,13 +679,14 @@ cdef class DeviceCore:
                         dk = (m_addr >> self._shift, n)
                         d[dk] = d.get(dk, 0) + 1
                 self._pinned -= <long long>n
-            try:
-                if getattr(backend, "dma_map", None) is not None:
-                    backend.dma_unmap(asid, m_start, m_size)
-                elif getattr(backend, "set_map", None) is None:
-                    backend.iommu_unmap(m_start, m_size)
-            except _IOTLBError:
-                pass                                  # void in the kernel
+            if dev_unmap is not None:
+                try:
+                    if dma:
+                        dev_unmap(asid, m_start, m_size)
+                    else:
+                        dev_unmap(m_start, m_size)
+                except _IOTLBError:
+                    pass                              # void in the kernel
             if iotlb._version == version:             # p still points at the entry
                 ctx = iotlb._delete_path(&p)
                 ctx = None                            # released with the tree whole

@@ -1324,6 +1324,132 @@ def test_pa_map_non_contiguous_with_tiny_pages(page):
     dev.check_invariants()
 
 
+class _ReleasingParent(Parent):
+    """A parent whose op closes the device from inside the callback (hot unplug):
+    the address space the message works on is gone before the op returns."""
+
+    def __init__(self, op, **kw):
+        super().__init__(nas=1, ngroups=1, **kw)
+        self.op = op
+        self.vdev = None
+
+    def dma_map(self, asid, iova, size, pa, perm, opaque):
+        self._call("dma_map", asid, iova, size, pa, perm)
+        if self.op == "dma_map":
+            self.vdev.release()
+            raise IOTLBError(EIO, "device gone")
+
+    def dma_unmap(self, asid, iova, size):
+        self._call("dma_unmap", asid, iova, size)
+        if self.op == "dma_unmap":
+            try:
+                self.vdev.release()
+            except AssertionError:
+                pass
+
+
+@pytest.mark.parametrize("op", ["dma_map", "dma_unmap"])
+@pytest.mark.parametrize("use_va", [False, True])
+def test_write_when_the_parent_releases_the_device_in_its_op(op, use_va):
+    """The message keeps the vhost IOTLB it works on alive (the kernel holds
+    v->mutex; the model holds a reference): releasing the device from inside a
+    parent op gives the reference path's result and never touches freed memory."""
+    runs = []
+    for fast in (True, False):
+        parent = _ReleasingParent(op, use_va=use_va)
+        dev = VhostVdpa(parent)
+        parent.vdev = dev
+        dev._fast = fast
+        dev.open()
+        dev.set_owner()
+        dev.write(encode(VHOST_IOTLB_BATCH_BEGIN))     # creates AS 0
+        dev.write(encode(VHOST_IOTLB_BATCH_END))
+        out = []
+        for msg in ((U(0x1000, PAGE, 0x1000),) if op == "dma_map" else
+                    (U(0x1000, PAGE, 0x1000), I(0x1000, PAGE))):
+            try:
+                out.append(dev.write(msg))
+            except (IOTLBError, AssertionError) as e:
+                out.append((type(e).__name__, getattr(e, "errno", None)))
+        runs.append((out, dev.is_open, dev.address_spaces, parent.calls))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("shape", ["absent", "none", "platform-none"])
+@pytest.mark.parametrize("use_va", [False, True])
+def test_invalidate_binds_the_unmap_op_before_changing_anything(shape, use_va):
+    """vhost_vdpa_iotlb_unmap: an absent dma_unmap/iommu_unmap fails before any
+    unpin or fput; one set to None is simply not called (a NULL op)."""
+    class P:
+        nas = ngroups = nvqs = 1
+
+        def __init__(self):
+            self.use_va = use_va
+
+        def reset(self):
+            pass
+
+    if shape == "platform-none":
+        P.iommu_map = lambda self, *a: None
+        P.iommu_unmap = None
+    else:
+        P.dma_map = lambda self, *a: None
+        if shape == "none":
+            P.dma_unmap = None
+    runs = []
+    for fast in (True, False):
+        dev = VhostVdpa(P())
+        dev._fast = fast
+        dev.open()
+        dev.set_owner()
+        out = []
+        for msg in (U(0x1000, PAGE, 0x1000), U(0x3000, PAGE, 0x3000), I(0x3000, PAGE)):
+            try:
+                out.append(dev.write(msg))
+            except Exception as e:
+                out.append(type(e).__name__)
+        runs.append((out, entries(dev), dev.usermem.pins(dev), dev.usermem.file_refs(dev),
+                     dev.usermem.pinned_vm, dev.usermem.dirtied_pages))
+    assert runs[0] == runs[1]
+    if shape == "absent":
+        assert runs[0][0][2] == "AttributeError" and len(runs[0][1]) == 2
+
+
+def test_va_default_file_none_is_skipped_like_a_file_less_vma():
+    """vhost_vdpa_va_map maps only VMAs with a file: with the implicit mapping's
+    file set to None an UPDATE maps nothing and calls nothing, fast or not."""
+    runs = []
+    for fast in (True, False):
+        parent = DmaParent(use_va=True)
+        dev = opened(parent)
+        dev._fast = fast
+        dev.write(U(0x1000, PAGE, 0x1000))
+        dev.usermem.DEFAULT_FILE = None
+        dev.write(U(0x3000, PAGE, 0x3000))
+        runs.append((entries(dev), dev.usermem.file_refs(dev), parent.calls))
+    assert runs[0] == runs[1] and len(runs[0][0]) == 1
+
+
+def test_invalidate_of_a_sub_page_va_entry_after_use_va_is_switched_off():
+    """An entry mapped in VA mode (any size) met by PA-mode unmapping: the fast
+    path leaves it to the reference path, whose error it then is."""
+    runs = []
+    for fast in (True, False):
+        parent = DmaParent()
+        dev = opened(parent)
+        dev._fast = fast
+        dev.write(U(0x10000, PAGE, 0x10000))
+        parent.use_va = True
+        dev.write(U(0x1000, 0x10, 0x1000))
+        parent.use_va = False
+        try:
+            out = dev.write(I(0x1000, 0x10))
+        except Exception as e:
+            out = type(e).__name__
+        runs.append((out, entries(dev), dev.usermem.pins(dev)))
+    assert runs[0] == runs[1]
+
+
 class _CountingDev(VhostVdpa):
     """Counts the messages write() hands to the reference path."""
 

@@ -694,35 +694,11 @@ cdef void *clone_rec(Tree *d, void *node, int level, Leaf **prev) noexcept:
         c = clone_rec(d, x.child[j], level - 1, prev)
         if c == NULL:
             y.n = j
-            d.nleaf -= count_leaves(y, level)
-            d.ninner -= count_inner(y, level) - 1
-            free_sub(y, level)
+            free_sub(y, level)    # the caller zeroes d's node counts: nothing was kept
             return NULL
         y.child[j] = c
     d.ninner += 1
     return y
-
-
-cdef Py_ssize_t count_leaves(void *node, int level) noexcept:
-    # leaves under node
-    cdef Py_ssize_t n = 0
-    cdef int j
-    if level == 0:
-        return 1
-    for j in range((<Inner *>node).n):
-        n += count_leaves((<Inner *>node).child[j], level - 1)
-    return n
-
-
-cdef Py_ssize_t count_inner(void *node, int level) noexcept:
-    # inner nodes in node's subtree, node included
-    cdef Py_ssize_t n = 1
-    cdef int j
-    if level == 0:
-        return 0
-    for j in range((<Inner *>node).n):
-        n += count_inner((<Inner *>node).child[j], level - 1)
-    return n
 
 
 # ----------------------------------------------------------------------------- queue

@@ -90,6 +90,17 @@ class MapFile(NamedTuple):
     offset: int
 
 
+def _tally(books: dict, owner) -> Counter:
+    """``owner``'s book (key -> count) as a Counter, or every owner's added up when
+    ``owner`` is None."""
+    if owner is not None:
+        return Counter(books.get(owner, {}))
+    out: Counter = Counter()
+    for book in books.values():
+        out.update(book)
+    return out
+
+
 class UserMemory(MemoryCore):
     """The owner process's memory: placement, VMAs, pins, ``pinned_vm``, dirtying.
 
@@ -512,12 +523,7 @@ class UserMemory(MemoryCore):
         >>> UserMemory().leaked()
         Counter()
         """
-        if owner is not None:
-            return Counter(self._leaked.get(owner, {}))
-        out: Counter = Counter()
-        for book in self._leaked.values():
-            out.update(book)
-        return out
+        return _tally(self._leaked, owner)
 
     def accounted(self, owner) -> int:
         """Pages of ``pinned_vm`` charged by ``owner`` (its pinned runs; leaks are
@@ -535,10 +541,11 @@ class UserMemory(MemoryCore):
         >>> mem = UserMemory(); mem.pin("d", 0, 3, False); mem.pinned_pages()
         3
         """
-        books = ([self._pins.get(owner, {}), self._leaked.get(owner, {})]
-                 if owner is not None
-                 else list(self._pins.values()) + list(self._leaked.values()))
-        return sum(k[1] * c for book in books for k, c in book.items())
+        if owner is None:
+            pinned = sum(book.pages for book in self._pins.values())
+        else:
+            pinned = self.accounted(owner)
+        return pinned + sum(k[1] * c for k, c in _tally(self._leaked, owner).items())
 
     def pin_counts(self, pfn: int, npages: int) -> list:
         """Per-page pin counts of frames ``pfn .. pfn+npages-1`` as ranges:
@@ -617,12 +624,7 @@ class UserMemory(MemoryCore):
         >>> UserMemory().file_refs("d")
         Counter()
         """
-        if owner is not None:
-            return Counter(self._files.get(owner, {}))
-        out: Counter = Counter()
-        for refs in self._files.values():
-            out.update(refs)
-        return out
+        return _tally(self._files, owner)
 
     # ------------------------------------------------------------ checks
     def check(self) -> None:
@@ -633,9 +635,7 @@ class UserMemory(MemoryCore):
         """
         total = 0
         for owner, book in self._pins.items():
-            book._check()
-            assert all(c > 0 for _, c in book.items()), \
-                f"non-positive pin count {owner!r}"
+            book._check()                         # counts positive, pages exact
             total += book.pages
         assert total == self.pinned_vm, f"pinned_vm {self.pinned_vm} != pins {total}"
         for refs in self._files.values():

@@ -41,11 +41,6 @@ from . import IMPLEMENTATION, IOTLB
 from ._map import U64_MAX, perm8, u64
 from .errors import IOTLBError
 from .usermem import MapFile, UserMemory
-
-if IMPLEMENTATION == "cython":
-    from ._device import DeviceCore
-else:
-    from ._pydevice import DeviceCore
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_BACKEND_F_IOTLB_ASID, VHOST_BACKEND_F_IOTLB_PERSIST,
                    VHOST_BACKEND_F_RESUME, VHOST_BACKEND_F_SUSPEND,
@@ -54,6 +49,11 @@ from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_IOTLB_MSG_V2, VHOST_IOTLB_UPDATE, VHOST_MSG_MIN_WRITE,
                    VHOST_MSG_SIZE, VHOST_VDPA_BACKEND_FEATURES, VhostMsg, _HEAD,
                    _bytes_view, decode, msg_type_name)
+
+if IMPLEMENTATION == "cython":
+    from ._device import DeviceCore
+else:
+    from ._pydevice import DeviceCore
 
 __all__ = ["VhostVdpa", "VDPA_RESET_F_CLEAN_MAP", "VIRTIO_CONFIG_S_ACKNOWLEDGE",
            "VIRTIO_CONFIG_S_DRIVER", "VIRTIO_CONFIG_S_DRIVER_OK",

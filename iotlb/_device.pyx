@@ -549,7 +549,8 @@ cdef class DeviceCore:
         if use_va:
             # vhost_vdpa_va_map, one VMA: the implicit shared-file mapping (a VMA
             # with no file is skipped by the kernel: the reference path's case)
-            if not mem._simple_va or uaddr > UMAX - size + 1 or mem.DEFAULT_FILE is None:
+            f = mem.DEFAULT_FILE
+            if not mem._simple_va or uaddr > UMAX - size + 1 or f is None:
                 return 0
             map_iova = iova
             map_size = size
@@ -584,7 +585,6 @@ cdef class DeviceCore:
         opaque = None
         if use_va:
             # get_file on the implicit mapping: file DEFAULT_FILE, offset = uaddr
-            f = mem.DEFAULT_FILE
             mem._file_get(self, f)
             opaque = tuple.__new__(_mapfile_type(), (f, uaddr))
             if type(f) is str:

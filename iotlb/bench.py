@@ -409,6 +409,22 @@ class _IOTLBOps:
     iteration) runs the same way; mixed into the engine and model contenders only,
     because ``Contender.na`` reads a missing method as "cannot do this"."""
 
+    def empty(self):
+        """A new, empty structure of this contender."""
+        raise NotImplementedError
+
+    def build(self, S, L, A):
+        t = self.empty()
+        m = t.map
+        for s, l, a in zip(S, L, A):
+            m(s, l, a)
+        return t
+
+    def lookup(self, t):
+        f = t.first
+        for q in self.q("lookups"):
+            f(q, q)
+
     def iterate(self, t):
         for _ in t:
             pass
@@ -437,22 +453,13 @@ class EngineContender(_IOTLBOps, Contender):
         self.name = name
         self.cls = cls
 
-    def build(self, S, L, A):
-        t = self.cls()
-        m = t.map
-        for s, l, a in zip(S, L, A):
-            m(s, l, a)
-        return t
+    def empty(self):
+        return self.cls()
 
     def build_batch(self):
         t = self.cls()
         t.map_many(self.w.starts, self.w.lasts, self.w.addrs)
         return t
-
-    def lookup(self, t):
-        f = t.first
-        for q in self.q("lookups"):
-            f(q, q)
 
     def lookup_batch(self, t):
         return t.translate_many(self.q("lookups_arr"), 1, default=0)
@@ -461,7 +468,6 @@ class EngineContender(_IOTLBOps, Contender):
         f = t.overlapping
         for s, l in zip(self.q("ov_s"), self.q("ov_l")):
             list(f(s, l))
-
 
     def count_lookup_batch(self, t, m):
         out = t.translate_many(self.w.lookups[:m], 1, default=0)
@@ -476,21 +482,12 @@ class EngineContender(_IOTLBOps, Contender):
 class _ModelContender(_IOTLBOps, Contender):
     model = None
 
+    def empty(self):
+        return self.model()
+
     def build_batch(self):
         w = self.w
         return self.model.from_arrays(w.list("starts"), w.list("lasts"), w.list("addrs"))
-
-    def build(self, S, L, A):
-        t = self.model()
-        m = t.map
-        for s, l, a in zip(S, L, A):
-            m(s, l, a)
-        return t
-
-    def lookup(self, t):
-        f = t.first
-        for q in self.q("lookups"):
-            f(q, q)
 
     def overlap(self, t):
         f = t.overlapping

@@ -21,6 +21,14 @@ A trace is a sequence of *operations*.  An operation is a plain ``dict`` with an
 ``set_group_asid``        ``group asid``                                       ioctl
 ``get_vring_group``       ``vq``                                               ioctl
 ``suspend`` ``resume``    --                                                   ioctl
+``get_iova_range``        -- (value ``[first, last]``)                         ioctl
+``get_as_num``            --                                                   ioctl
+``get_group_num``         --                                                   ioctl
+``get_vqs_count``         --                                                   ioctl
+``mmap``                  ``uaddr size`` ``kind`` (memfd) ``pa`` (none)        memory
+``munmap``                ``uaddr size``                                       memory
+``memlock``               ``pages`` (a count or ``"unlimited"``)               memory
+``meta``                  ``rules`` (a list of strings)                        --
 ========================  ==================================================  ======
 
 The four message operations may also carry ``"version": 1`` (a v1 ``struct
@@ -28,6 +36,21 @@ vhost_msg``, which has no asid); every message is encoded with :mod:`iotlb.wire`
 sent through ``write()``, so a replay sees what userspace sees (a handler error is
 EFAULT, its ``__cause__`` the handler's errno).  Any operation may carry a free-text
 ``"comment"``.
+
+User memory: ``mmap`` declares real memory of the owner at ``uaddr`` -- ``kind``
+``"memfd"`` (shared memfd memory, as QEMU's memory-backend-memfd; the default) or
+``"anon"`` (private anonymous) -- and ``pa``, when present, its physical placement as
+``[offset, pa, length]`` runs (``iotlb conform --record`` writes it from
+``/proc/self/pagemap``, so that a replay splits an UPDATE into the same physically
+contiguous runs as the kernel did).  The first ``mmap`` makes memory strict: only
+declared memory exists.  Without any, the model's memory is one implicit shared
+mapping.  ``memlock`` sets ``RLIMIT_MEMLOCK`` in pages.  ``meta`` does nothing: a
+trace's first line names the rules it checks there.
+
+Expectations: any operation may carry ``"expect"``, what a real kernel answered (see
+:mod:`iotlb.expect`): ``ret``, ``errno`` (a name, or null), ``value``, ``vmpin``
+(pinned pages after the op), ``handler`` (the errno of the message handler, 0, or
+null when the message never reached it) and ``parent`` (the parent ops it caused).
 
 Two file formats:
 
@@ -67,9 +90,10 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 from . import wire
 
 __all__ = [
-    "TraceError", "Location", "Entry", "OPS", "MESSAGE_OPS", "IOCTL_OPS",
+    "TraceError", "Location", "Entry", "OPS", "MESSAGE_OPS", "IOCTL_OPS", "MEMORY_OPS",
+    "MEMORY_KINDS",
     "FEATURE_NAMES", "STATUS_BITS", "parse_op", "to_json", "encode_op",
-    "describe", "apply", "detect_format", "read_trace", "count_ops", "write_trace",
+    "describe", "apply", "apply_memory", "detect_format", "read_trace", "count_ops", "write_trace",
     "Progress",
 ]
 
@@ -99,6 +123,11 @@ _MSG_TYPE = {"update": wire.VHOST_IOTLB_UPDATE, "invalidate": wire.VHOST_IOTLB_I
 # field kinds: (top, parser name)
 _U64, _U32, _U8, _PERM, _FEAT, _STATUS, _HEX, _VER = (
     "u64", "u32", "u8", "perm", "features", "status", "hex", "version")
+_KIND, _PLACE, _PAGES, _RULES = "kind", "placement", "pages", "rules"
+
+#: ``mmap`` kinds: shared memfd memory (QEMU's memory-backend-memfd) or private
+#: anonymous memory.
+MEMORY_KINDS = ("memfd", "anon")
 
 #: ``op -> (required fields, {optional field: default})``.
 OPS: Dict[str, tuple] = {
@@ -120,11 +149,21 @@ OPS: Dict[str, tuple] = {
     "get_vring_group": ({"vq": _U32}, {}),
     "suspend": ({}, {}),
     "resume": ({}, {}),
+    "get_iova_range": ({}, {}),
+    "get_as_num": ({}, {}),
+    "get_group_num": ({}, {}),
+    "get_vqs_count": ({}, {}),
+    "mmap": ({"uaddr": _U64, "size": _U64}, {"kind": (_KIND, "memfd"), "pa": (_PLACE, None)}),
+    "munmap": ({"uaddr": _U64, "size": _U64}, {}),
+    "memlock": ({"pages": _PAGES}, {}),
+    "meta": ({}, {"rules": (_RULES, None)}),
 }
 #: Operations that are a ``write()`` of a message.
 MESSAGE_OPS = frozenset(("update", "invalidate", "batch_begin", "batch_end", "write"))
+#: Operations on the owner's memory, not on the device.
+MEMORY_OPS = frozenset(("mmap", "munmap", "memlock"))
 #: Operations that are an ioctl (or open/close of the device node).
-IOCTL_OPS = frozenset(OPS) - MESSAGE_OPS
+IOCTL_OPS = frozenset(OPS) - MESSAGE_OPS - MEMORY_OPS - {"meta"}
 
 
 class TraceError(ValueError):
@@ -255,7 +294,35 @@ def _field(name: str, kind: str, value: Any):
             return bytes.fromhex(text)
         except ValueError:
             raise ValueError(f"field {name!r} is not valid hex: {value[:40]!r}") from None
+    if kind == _KIND:
+        if value not in MEMORY_KINDS:
+            raise ValueError(f"field {name!r} must be one of {', '.join(MEMORY_KINDS)}, "
+                             f"got {json.dumps(value)}")
+        return value
+    if kind == _PAGES:
+        if value == "unlimited" or value is None:
+            return None
+        return _ranged(name, value, U64, "2**64-1")
+    if kind == _RULES:
+        if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+            raise ValueError(f"field {name!r} must be a list of strings")
+        return list(value)
+    if kind == _PLACE:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise ValueError(f"field {name!r} must be a list of [offset, pa, length] runs")
+        runs = []
+        for run in value:
+            if not isinstance(run, list) or len(run) != 3:
+                raise ValueError(f"field {name!r}: each run is [offset, pa, length], "
+                                 f"got {json.dumps(run)}")
+            runs.append(tuple(_ranged(name, v, U64, "2**64-1") for v in run))
+        return runs
     raise AssertionError(kind)  # pragma: no cover
+
+
+_ANY_OP = frozenset(("op", "comment", "expect"))
 
 
 def parse_op(obj: Any) -> dict:
@@ -270,7 +337,7 @@ def parse_op(obj: Any) -> dict:
     >>> parse_op({"op": "invalidate", "iova": 0, "size": 1, "asdi": 1})
     Traceback (most recent call last):
     ...
-    ValueError: op 'invalidate' has no field 'asdi' (fields: iova, size, asid, version, comment)
+    ValueError: op 'invalidate' has no field 'asdi' (fields: iova, size, asid, version, comment, expect)
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -283,8 +350,8 @@ def parse_op(obj: Any) -> dict:
     required, optional = spec
     out: dict = {"op": name}
     for key in obj:
-        if key != "op" and key != "comment" and key not in required and key not in optional:
-            fields = ", ".join(list(required) + list(optional) + ["comment"])
+        if key not in _ANY_OP and key not in required and key not in optional:
+            fields = ", ".join(list(required) + list(optional) + ["comment", "expect"])
             raise ValueError(f"op {name!r} has no field {key!r} (fields: {fields})")
     for key, kind in required.items():
         if key not in obj:
@@ -304,6 +371,10 @@ def parse_op(obj: Any) -> dict:
         if not isinstance(obj["comment"], str):
             raise ValueError("field 'comment' must be a string")
         out["comment"] = obj["comment"]
+    if "expect" in obj:
+        from .expect import parse_expect
+
+        out["expect"] = parse_expect(obj["expect"])
     return out
 
 
@@ -323,6 +394,18 @@ def to_json(op: dict) -> str:
             out["hex"] = bytes(value).hex()
         elif key in ("iova", "size", "uaddr", "features"):
             out[key] = hex(value)
+        elif key == "pa":
+            if value is not None:
+                out[key] = [[hex(o), hex(p), hex(n)] for o, p, n in value]
+        elif key == "pages":
+            out[key] = "unlimited" if value is None else value
+        elif key == "rules":
+            if value is not None:
+                out[key] = value
+        elif key == "expect":
+            from .expect import expect_to_json
+
+            out[key] = expect_to_json(value)
         elif key == "perm":
             out[key] = _PERM_TEXT.get(value, value)
         elif key == "version" and value == 2:
@@ -384,6 +467,15 @@ def describe(op: dict) -> str:
         return f"SET_GROUP_ASID(group {op['group']}, asid {op['asid']})"
     if name == "get_vring_group":
         return f"GET_VRING_GROUP(vq {op['vq']})"
+    if name == "mmap":
+        return f"mmap {op.get('kind', 'memfd')} [{op['uaddr']:#x}, +{op['size']:#x})"
+    if name == "munmap":
+        return f"munmap [{op['uaddr']:#x}, +{op['size']:#x})"
+    if name == "memlock":
+        pages = op["pages"]
+        return f"RLIMIT_MEMLOCK {'unlimited' if pages is None else f'{pages} pages'}"
+    if name == "meta":
+        return "meta"
     return name.upper()
 
 
@@ -405,6 +497,10 @@ def apply(dev, op: dict):
     name = op["op"]
     if name in MESSAGE_OPS:
         return dev.write(encode_op(op))
+    if name in MEMORY_OPS:
+        return apply_memory(dev.usermem, op)
+    if name == "meta":
+        return None
     if name == "set_backend_features":
         return dev.set_backend_features(op["features"])
     if name == "set_status":
@@ -416,6 +512,37 @@ def apply(dev, op: dict):
     if name in OPS:
         return getattr(dev, name)()
     raise ValueError(f"unknown op {name!r}")
+
+
+def apply_memory(mem, op: dict) -> None:
+    """Execute a memory operation on a :class:`iotlb.usermem.UserMemory`: ``mmap``
+    (the first one makes the memory strict; a memfd is a shared mapping of its own
+    file, placed at ``pa`` when given), ``munmap``, ``memlock``.
+
+    >>> from iotlb.usermem import UserMemory
+    >>> mem = UserMemory()
+    >>> apply_memory(mem, {"op": "mmap", "uaddr": 0x10000, "size": 0x2000,
+    ...                    "kind": "memfd", "pa": [(0x1000, 0x9000, 0x1000)]})
+    >>> mem.strict, [v.kind for v in mem.vmas()], hex(mem.pfn(0x11000))
+    (True, ['shared-file'], '0x9')
+    """
+    name = op["op"]
+    if name == "memlock":
+        mem.memlock_pages = op["pages"]
+        return None
+    uaddr, size = op["uaddr"], op["size"]
+    if name == "munmap":
+        mem.munmap(uaddr, size)
+        return None
+    if not mem.strict:
+        mem.strict = True
+    if op.get("kind", "memfd") == "memfd":
+        mem.map_file(uaddr, size, f"memfd@{uaddr:#x}", shared=True)
+    else:
+        mem.map_anon(uaddr, size)
+    for offset, pa, length in op.get("pa") or ():
+        mem.place(uaddr + offset, length, pa)
+    return None
 
 
 # ------------------------------------------------------------------ files

@@ -98,8 +98,18 @@ def test_every_op_round_trips_through_json():
         {"op": "set_backend_features", "features": 0x11E},
         {"op": "set_status", "status": 15}, {"op": "set_group_asid", "group": 1, "asid": 1},
         {"op": "get_vring_group", "vq": 2},
+        {"op": "mmap", "uaddr": 0x100000000000, "size": 0x4000, "kind": "memfd",
+         "pa": [(0, 0x5000, 0x1000), (0x1000, 0x9000, 0x3000)]},
+        {"op": "mmap", "uaddr": 0x100000010000, "size": 0x1000, "kind": "anon", "pa": None},
+        {"op": "munmap", "uaddr": 0x100000000000, "size": 0x1000},
+        {"op": "memlock", "pages": 2048}, {"op": "memlock", "pages": None},
+        {"op": "meta", "rules": ["§2.6"]}, {"op": "meta", "rules": None},
+        {"op": "get_status", "expect": {"ret": 0, "errno": None, "value": 3, "vmpin": 0}},
+        {"op": "update", "iova": 0, "size": 0x1000, "uaddr": 0x100000000000, "perm": 3,
+         "asid": 0, "expect": {"errno": "EFAULT", "handler": "ENOSPC", "parent": []}},
     ] + [{"op": name} for name in ("open", "release", "set_owner", "get_backend_features",
-                                   "get_status", "suspend", "resume")]
+                                   "get_status", "suspend", "resume", "get_iova_range",
+                                   "get_as_num", "get_group_num", "get_vqs_count")]
     assert {op["op"] for op in ops} == set(trace.OPS)
     for op in ops:
         line = to_json(op)

@@ -19,12 +19,18 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0,
 
 
 class ModelAsKernel:
-    """Stands in for RealDevice: a model device answering as the kernel would."""
+    """Stands in for RealDevice: a model device answering as the kernel would, on
+    the memory RealMemory really mapped (its placement, as the kernel sees it)."""
 
     def __init__(self, **options):
         self.dev = VhostVdpa(iotlb.load_backend("vdpa_sim", **options))
+        self.mapped = []
 
     def run(self, op):
+        from iotlb.trace import apply_memory
+
+        while self.mapped:
+            apply_memory(self.dev.usermem, self.mapped.pop(0))
         out = ex.observe(self.dev, op)
         return {k: out[k] for k in ("ret", "errno", "value")}
 
@@ -54,8 +60,29 @@ TRACE = _ops(
 )
 
 
+@pytest.fixture(autouse=True)
+def _kernel_sees_real_memory(monkeypatch):
+    """Every RealMemory.mmap is shown to the ModelAsKernel of the test."""
+    real_mmap = conform.RealMemory.mmap
+
+    def mmap(self, uaddr, size, kind):
+        runs = real_mmap(self, uaddr, size, kind)
+        if _KERNEL:
+            _KERNEL[-1].mapped.append({"op": "mmap", "uaddr": uaddr, "size": size,
+                                       "kind": kind, "pa": runs})
+        return runs
+
+    monkeypatch.setattr(conform.RealMemory, "mmap", mmap)
+    yield
+    _KERNEL.clear()
+
+
+_KERNEL = []
+
+
 def _run(kernel_options, model_options, ops=TRACE, record=False):
     kernel = ModelAsKernel(**kernel_options)
+    _KERNEL.append(kernel)
 
     def make_model():
         backend = iotlb.load_backend("vdpa_sim", **model_options)

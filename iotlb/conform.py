@@ -491,16 +491,23 @@ class TraceResult:
 
 def run_trace(name: str, ops: List[dict], *, device_path: str,
               make_model: Callable[[], Tuple[Any, Any]], page_size: int,
-              tracer: Optional[Tracer] = None, record: bool = False,
+              tracer: Optional[Tracer] = None, record: Optional[dict] = None,
               real: Any = None, vmpin: Callable[[int], int] = None) -> TraceResult:
     """Run ``ops`` on the real device and on a fresh model (``make_model()`` returns
     ``(VhostVdpa, ParentLog or None)``); compare op by op.  ``real`` (a
     :class:`RealDevice` of ``device_path`` by default) and ``vmpin`` (default
-    :func:`vmpin_pages`) are the kernel side."""
+    :func:`vmpin_pages`) are the kernel side.  ``record``: keep the ops with the
+    kernel's outcomes as expectations, after a meta op whose ``recorded`` is it."""
     vmpin = vmpin or vmpin_pages
     result = TraceResult(name)
     t0 = time.monotonic()
-    ops = [dict(op) for op in ops if op["op"] != "meta" or record]
+    ops = [dict(op) for op in ops if op["op"] != "meta" or record is not None]
+    if record is not None:
+        meta = next((op for op in ops if op["op"] == "meta"), None)
+        if meta is None:
+            meta = {"op": "meta", "rules": None}
+            ops.insert(0, meta)
+        meta["recorded"] = record
     if not any(op["op"] == "mmap" for op in ops):
         first = next((i for i, op in enumerate(ops) if op["op"] != "meta"), len(ops))
         ops[first:first] = auto_memory(ops, page_size)
@@ -533,7 +540,7 @@ def run_trace(name: str, ops: List[dict], *, device_path: str,
                     "kernel": {k: kernel[k] for k in keys},
                     "model": {k: model_out.get(k) for k in keys},
                     "keys": [d[0] for d in diff]})
-            if record:
+            if record is not None:
                 rec = {k: v for k, v in op.items() if not k.startswith("_")}
                 rec["expect"] = kernel
                 result.recorded.append(rec)
@@ -741,12 +748,16 @@ def cmd(args, make_backend: Callable[[str], Tuple[str, Any, Dict[str, Any]]]) ->
         sys.stdout.flush()
     if args.record:
         os.makedirs(args.record, exist_ok=True)
+    recorded = {"release": cfg["release"], "profile": kernel, "backend": name,
+                "options": options,
+                "device_options": {k: v for k, v in dev_options.items() if k != "kernel"},
+                "parent": cfg["parent"], "kprobes": probe_text, "page_size": page_size}
     results: List[TraceResult] = []
     try:
         for path, ops in traces:
             res = run_trace(os.path.relpath(path), ops, device_path=args.device,
                             make_model=make_model, page_size=page_size, tracer=tracer,
-                            record=bool(args.record))
+                            record=recorded if args.record else None)
             results.append(res)
             if args.record and res.error is None:
                 write_recorded(os.path.join(args.record, os.path.basename(path)),

@@ -80,7 +80,7 @@ def _kernel_sees_real_memory(monkeypatch):
 _KERNEL = []
 
 
-def _run(kernel_options, model_options, ops=TRACE, record=False):
+def _run(kernel_options, model_options, ops=TRACE, record=None):
     kernel = ModelAsKernel(**kernel_options)
     _KERNEL.append(kernel)
 
@@ -95,7 +95,7 @@ def _run(kernel_options, model_options, ops=TRACE, record=False):
 
 @needs_root
 def test_same_model_on_both_sides_agrees_and_records():
-    res = _run({"use_va": False}, {"use_va": False}, record=True)
+    res = _run({"use_va": False}, {"use_va": False}, record={"backend": "vdpa_sim"})
     assert res.ok, res.as_dict()
     assert res.ops == len(TRACE) - 1 + 1        # meta skipped, one auto mmap added
     mmap = res.recorded[1]
@@ -107,11 +107,12 @@ def test_same_model_on_both_sides_agrees_and_records():
 
 @needs_root
 def test_recorded_trace_round_trips_and_holds_on_the_model(tmp_path):
-    res = _run({"use_va": False}, {"use_va": False}, record=True)
+    res = _run({"use_va": False}, {"use_va": False}, record={"backend": "vdpa_sim"})
     path = tmp_path / "t.jsonl"
     conform.write_recorded(str(path), res.recorded)
     ops = [e.op for e in read_trace(str(path))]
-    assert ops[0]["op"] == "meta" and "expect" in ops[-1]
+    assert ops[0]["op"] == "meta" and ops[0]["recorded"] == {"backend": "vdpa_sim"}
+    assert "expect" in ops[-1]
     backend = iotlb.load_backend("vdpa_sim", use_va=False)
     dev = VhostVdpa(backend)
     for op in ops:

@@ -550,8 +550,13 @@ def build_stage(key: str, apt: Apt, k: dict, keep_work: bool) -> dict:
     if tmp.exists():
         shutil.rmtree(tmp)
     (tmp / "modules").mkdir(parents=True)
-    shutil.copy(root / "boot" / f"vmlinuz-{kname}", tmp / "vmlinuz")
-    shutil.copy(root / "boot" / f"config-{kname}", tmp / "config")
+    # /boot/vmlinuz-R up to trixie, /usr/lib/modules/R/vmlinuz from forky on.
+    for name, there in (("vmlinuz", [f"boot/vmlinuz-{kname}", f"usr/lib/modules/{kname}/vmlinuz"]),
+                        ("config", [f"boot/config-{kname}", f"usr/lib/modules/{kname}/config"])):
+        found = [root / p for p in there if (root / p).is_file()]
+        if not found:
+            raise LabError(f"no {name} in linux-image-{kname} (looked at {', '.join(there)})")
+        shutil.copy(found[0], tmp / name)
     for m in deps:
         (tmp / "modules" / f"{m}.ko").write_bytes(blobs[m])
     parms = {}
@@ -603,7 +608,10 @@ def build_modules(key: str, root: Path, src: Path, headers: str, cc: str,
         top.append(f"obj-y += {d}/")
     (build / "Kbuild").write_text("\n".join(top) + "\n")
     env = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/tmp", "LC_ALL=C"]
-    res = sh(["chroot", str(root), *env, "make", f"-j{os.cpu_count() or 2}", "-C", headers,
+    # objtool reads /proc: a private /proc in a mount+pid namespace that dies with make.
+    (root / "proc").mkdir(exist_ok=True)
+    res = sh(["unshare", "--mount", "--pid", "--fork", f"--mount-proc={root / 'proc'}",
+              "chroot", str(root), *env, "make", f"-j{os.cpu_count() or 2}", "-C", headers,
               "M=/build", f"CC={cc}", "modules"], capture=True, check=False)
     (root / "build" / "make.log").write_text(res.stdout + res.stderr)
     if res.returncode != 0:

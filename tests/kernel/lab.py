@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "init.sh"
 
 # Bump when the staged layout or the build recipe changes: older stages are rebuilt.
-RECIPE = 1
+RECIPE = 2
 
 DEFAULT_CACHE = "/var/cache/iotlb-kernel"
 FLAVOUR = "amd64"
@@ -56,7 +56,8 @@ KERNELS = {
 
 # Modules the guest needs, by module name; their dependencies are added from the
 # modules' own .modinfo "depends=" and everything is loaded in dependency order.
-BOOT_MODULES = ["9p", "9pnet_virtio"]  # the host root over virtio-9p
+# (a name the kernel has built in is skipped)
+BOOT_MODULES = ["virtio_pci", "9p", "9pnet_virtio"]  # the host root over virtio-9p
 VDPA_MODULES = ["vhost_vdpa", "vdpa_sim_net"]  # the vDPA stack with the simulator
 
 # Where a module Debian does not ship comes from in linux-source: (directory, file stem).
@@ -537,9 +538,14 @@ def build_stage(key: str, apt: Apt, k: dict, keep_work: bool) -> dict:
             deps[m] = d
             todo += d
 
-    dep_closure(BOOT_MODULES + VDPA_MODULES)
-    boot_order = load_order(BOOT_MODULES, deps)
-    vdpa_order = [m for m in load_order(VDPA_MODULES, deps) if m not in boot_order]
+    builtin = set()
+    if (moddir / "modules.builtin").is_file():
+        builtin = {modname(Path(line).name) for line in (moddir / "modules.builtin").read_text().split()}
+    boot_roots = [m for m in BOOT_MODULES if not (m in builtin and m not in shipped)]
+    vdpa_roots = [m for m in VDPA_MODULES if not (m in builtin and m not in shipped)]
+    dep_closure(boot_roots + vdpa_roots)
+    boot_order = load_order(boot_roots, deps)
+    vdpa_order = [m for m in load_order(vdpa_roots, deps) if m not in boot_order]
 
     vermagic = {m: infos[m].get("vermagic", ["?"])[0] for m in deps}
     if len(set(vermagic.values())) != 1:
@@ -876,7 +882,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("prepare", help="download, build and stage kernels (cached)")
-    p.add_argument("--kernel", default="all", help=f"{'|'.join(KERNELS)}|all (default: all but 6.1)")
+    p.add_argument("--kernel", default="all", help=f"{"|".join(KERNELS)}|all (default: all)")
     p.add_argument("--version", help="pin the Debian version (one kernel only), e.g. 6.12.117-1")
     p.add_argument("--keep-work", action="store_true", help="keep the unpacked root and packages")
     p.add_argument("--offline", action="store_true", help="no network: use what is staged")
@@ -900,7 +906,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.what == "prepare":
-            keys = [k for k in KERNELS if k != "6.1"] if args.kernel == "all" else args.kernel.split(",")
+            keys = list(KERNELS) if args.kernel == "all" else args.kernel.split(",")
             for k in keys:
                 if k not in KERNELS:
                     raise LabError(f"unknown kernel {k!r} (known: {', '.join(KERNELS)})")

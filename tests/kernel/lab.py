@@ -882,7 +882,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lab.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("prepare", help="download, build and stage kernels (cached)")
-    p.add_argument("--kernel", default="all", help=f"{"|".join(KERNELS)}|all (default: all)")
+    p.add_argument("--kernel", default="all", help=f"{'|'.join(KERNELS)}|all (default: all), or a comma list")
     p.add_argument("--version", help="pin the Debian version (one kernel only), e.g. 6.12.117-1")
     p.add_argument("--keep-work", action="store_true", help="keep the unpacked root and packages")
     p.add_argument("--offline", action="store_true", help="no network: use what is staged")

@@ -220,7 +220,8 @@ def host_mirrors() -> tuple[str, str]:
 # --------------------------------------------------------------------- private apt
 
 class Apt:
-    """apt-get/apt-cache with a configuration of their own under the cache dir."""
+    """apt-get/apt-cache with sources, lists, archives and an (empty) dpkg status of
+    their own under the cache dir; the host's apt.conf.d (proxies, ...) still applies."""
 
     KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -235,7 +236,6 @@ class Apt:
             "Dir::Etc::sourcelist": r / "etc/sources.list",
             "Dir::Etc::sourceparts": r / "etc/sources.list.d",
             "Dir::Etc::preferencesparts": r / "etc/preferences.d",
-            "Dir::Etc::parts": r / "etc/apt.conf.d",
             "Dir::State": r / "state",
             "Dir::State::status": "/dev/null",
             "Dir::Cache": r / "cache",
@@ -252,7 +252,7 @@ class Apt:
 
     def setup(self) -> None:
         mirror, secmirror = host_mirrors()
-        for sub in ("etc/sources.list.d", "etc/preferences.d", "etc/apt.conf.d",
+        for sub in ("etc/sources.list.d", "etc/preferences.d",
                     "state/lists/partial", "cache/archives/partial"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         lines = []
@@ -734,9 +734,8 @@ def run(args) -> int:
     for p in rw:
         if not os.path.isdir(p) or p == "/" or re.search(r"\s", p):
             raise LabError(f"--rw {p}: not a usable directory")
-    for p in [cwd] + rw:
-        if re.match(r"/(tmp|run|var/tmp)(/|$)", p):
-            log(f"warning: {p} is under a guest tmpfs (/tmp, /run, /var/tmp)")
+    if re.match(r"/(tmp|run|var/tmp)(/|$)", cwd) and not any(cwd == p or cwd.startswith(p + "/") for p in rw):
+        log(f"warning: {cwd} is hidden by a guest tmpfs (/tmp, /run, /var/tmp); share it with --rw")
 
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -770,7 +769,7 @@ def run(args) -> int:
         "VDPA_DEV": "" if args.no_device else "vdpa0",
         "RW_PATHS": " ".join(rw),
         "MSIZE": "262144",
-        "ROOT_CACHE": "loose",
+        "ROOT_CACHE": os.environ.get("IOTLB_LAB_ROOT_CACHE", "loose"),
     }
     conf_text = "".join(f"{k}={shlex.quote(v)}\n" for k, v in conf.items())
     initrd = rundir / "initramfs.cpio"
@@ -898,7 +897,9 @@ def main(argv=None) -> int:
                    help="set (or pass through) an environment variable in the guest")
     r.add_argument("--cwd", help="working directory in the guest (default: the current one)")
     r.add_argument("--memory", default="2G")
-    r.add_argument("--smp", type=int, default=2)
+    r.add_argument("--smp", type=int, default=1,
+                   help="guest CPUs (default 1: on a 2-core host a second TCG vCPU competes with "
+                        "QEMU's 9p server and boots and runs slower)")
     r.add_argument("--console", action="store_true", help="show the guest's console on stderr")
     r.add_argument("--keep-run", action="store_true", help="keep the run directory")
     r.add_argument("cmd", nargs=argparse.REMAINDER)

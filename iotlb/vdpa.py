@@ -768,7 +768,7 @@ class VhostVdpa(DeviceCore):
 
         >>> dev = _demo(); dev.update(0x1000, 0x3000, 0x1000)
         >>> dev.invalidate(0x2000, 1); dev.vhost_iotlb(0), dev.pinned_pages
-        (IOTLB([], limit=0, retire=False), 0)
+        (IOTLB([], limit=None, retire=False), 0)
         """
         self._check_open()
         self._handle(_u32(asid, "asid"), _INVALIDATE, u64(iova, "iova"),

@@ -1004,6 +1004,12 @@ cdef class IOTLB:
                              f"limit {lim}", index=None if index < 0 else index)
         return nmaps + k
 
+    cdef bint _add_range_ctx_fits(self) noexcept:
+        # whether one add of a range other than [0, ~0] passes _add_range_ctx_limit
+        # without an error and without retiring anything (the device core's fast
+        # path declines otherwise, so the rule itself stays in _add_range_ctx_limit)
+        return not self._bounded or <uint64_t>self.t.count < self._limit
+
     cdef int _add(self, uint64_t s, uint64_t l, uint64_t a, uint64_t perm,
                   object ctx) except -1:
         # the core of add_range_ctx once _add_range_ctx_limit has passed: retire the

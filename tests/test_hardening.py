@@ -631,8 +631,11 @@ WIRE_ROWS = [
     ("W04", "decode(39 bytes)", lambda: wire.decode(wire.encode(2, 0, 1)[:39],
                                                     asid_acked=False),
      (IOTLBError, EINVAL)),
-    ("W05", "decode(UPDATE / INVALIDATE with size 0)",
-     lambda: wire.decode(wire.encode(3), asid_acked=False), (IOTLBError, EINVAL)),
+    ("W05", "decode(UPDATE with size 0; INVALIDATE before v6.6)",
+     lambda: _every(IOTLBError, lambda: wire.decode(wire.encode(2), asid_acked=False),
+                    lambda: wire.decode(wire.encode(3), asid_acked=False,
+                                        invalidate_size_zero=False)),
+     (IOTLBError, EINVAL)),
     ("W06", "decode('text' / None / 5)",
      lambda: _every(TypeError, *[(lambda v=v: wire.decode(v, asid_acked=False))
                                  for v in (None, 5, "x" * 72)]),

@@ -16,6 +16,7 @@ import os
 
 from ._map import U64_MAX, IOTLBBase, Map, Perm
 from .errors import IOTLBError
+from .kernels import KERNELS, kernel_profile_for_release
 
 if os.environ.get("IOTLB_PUREPYTHON") == "1":
     from ._pyengine import IOTLB
@@ -34,7 +35,8 @@ else:
 __version__ = "0.1.0"
 
 __all__ = ["IOTLB", "IOTLBError", "Map", "Perm", "U64_MAX", "IMPLEMENTATION",
-           "IOTLBBase", "load_backend", "available_backends"]
+           "IOTLBBase", "load_backend", "available_backends", "KERNELS",
+           "kernel_profile_for_release"]
 
 
 def __getattr__(name):

@@ -15,7 +15,8 @@ most: an UPDATE that the kernel maps as one entry (PA mode: one physically conti
 run, identity placement; VA mode: the implicit shared-file mapping) and an INVALIDATE
 that removes at most one entry.  It reads the message in place, calls the tree
 without building ``Map`` objects, and keeps the pins in the ledger.  Every other case
--- and every case it cannot finish without an error -- it declines *before changing
+-- a size-0 INVALIDATE, an AS at its entry limit, and every case it cannot finish
+without an error -- it declines *before changing
 anything* and hands the bytes to ``VhostVdpa._write``, the reference path, so both
 paths give the same results by construction of the split, and the suite checks they
 do (``_fast = False``).  The steps, in the kernel's order, are those of
@@ -582,6 +583,8 @@ cdef class DeviceCore:
         map_last = map_iova + map_size - 1
         if map_iova == 0 and map_last == UMAX:
             return 0                                  # split in two: reference
+        if not iotlb._add_range_ctx_fits():
+            return 0                                  # ENOSPC/EINVAL/RETIRE: reference
         opaque = None
         if use_va:
             # get_file on the implicit mapping: file DEFAULT_FILE, offset = uaddr

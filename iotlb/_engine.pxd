@@ -72,12 +72,16 @@ ctypedef struct XFail:
 cdef class IOTLB:
     cdef Tree t
     cdef uint64_t _limit
+    cdef bint _bounded        # False: limit=None, no kernel limit at all (model only)
     cdef bint _retire
     cdef dict _ctx            # seq -> ctx, for entries whose meta has HASCTX
     cdef Py_ssize_t _version  # bumped by every change (iterators compare it)
     cdef object __weakref__
 
     cdef object _delete_path(self, Path *p, bint *intact=*)
+    cdef Py_ssize_t _add_range_ctx_limit(self, Py_ssize_t nmaps, bint full,
+                                         Py_ssize_t index) except -1
+    cdef bint _add_range_ctx_fits(self) noexcept
     cdef int _add(self, uint64_t s, uint64_t l, uint64_t a, uint64_t perm,
                   object ctx) except -1
     cdef int _bulk(self, const uint64_t[::1] vs, const uint64_t[::1] vl,

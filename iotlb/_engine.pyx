@@ -879,6 +879,8 @@ cdef object _PERM_RW = Perm.RW
 cdef object _PERM_RO = Perm.RO
 cdef object _EFAULT = _errno.EFAULT
 cdef object _EPERM = _errno.EPERM
+cdef object _EINVAL = _errno.EINVAL
+cdef object _ENOSPC = _errno.ENOSPC
 cdef carray.array _QTEMPLATE = _array.array("Q")
 
 
@@ -898,9 +900,12 @@ def _fail(rc, addr, s, l, perm, access):
 cdef class IOTLB:
     """An IOTLB: overlapping-allowed interval map of inclusive u64 ranges.
 
-    ``limit`` (0 = unlimited) with ``retire=True`` evicts the oldest insertion when
-    full (``VHOST_IOTLB_FLAG_RETIRE``); without ``retire`` the limit is recorded but
-    not enforced, as in the kernel.
+    ``limit`` is ``struct vhost_iotlb``'s ``limit``; ``None`` (the default) is a tree
+    with no limit at all, which no kernel has had since "vhost_iotlb: bound map
+    allocation in add_range".  With a limit, ``vhost_iotlb_add_range_ctx``'s rules
+    hold (see :meth:`map`): ``retire=True`` (``VHOST_IOTLB_FLAG_RETIRE``) evicts the
+    oldest insertion when full, without it a full tree refuses with ENOSPC, and a
+    limit of 0 refuses every add with EINVAL.
 
     >>> t = IOTLB()
     >>> t.map(0x1000, 0x1fff, 0x8000)
@@ -915,9 +920,11 @@ cdef class IOTLB:
     def __cinit__(self, *args, **kwargs):
         self._ctx = {}
 
-    def __init__(self, limit=0, *, retire=False):
-        cdef uint64_t lim
-        _u64(limit, "limit", &lim)
+    def __init__(self, limit=None, *, retire=False):
+        cdef uint64_t lim = 0
+        cdef bint bounded = limit is not None
+        if bounded:
+            _u64(limit, "limit", &lim)
         if not isinstance(retire, (bool, int)):
             raise TypeError(f"retire must be a bool, got {type(retire).__name__}")
         old = self._ctx
@@ -925,6 +932,7 @@ cdef class IOTLB:
         self._ctx = {}
         self.t.seq = 0
         self._limit = lim
+        self._bounded = bounded
         self._retire = bool(retire)
         self._version += 1
 
@@ -934,12 +942,12 @@ cdef class IOTLB:
     # ----------------------------------------------------------------- properties
     @property
     def limit(self):
-        """The entry limit (0 = unlimited).
+        """The entry limit, or None for a tree without one.
 
-        >>> IOTLB(8, retire=True).limit
-        8
+        >>> IOTLB(8, retire=True).limit, IOTLB().limit
+        (8, None)
         """
-        return self._limit
+        return self._limit if self._bounded else None
 
     @property
     def retire(self):
@@ -966,11 +974,48 @@ cdef class IOTLB:
         self._version += 1
         return ctx
 
+    cdef Py_ssize_t _add_range_ctx_limit(self, Py_ssize_t nmaps, bint full,
+                                         Py_ssize_t index) except -1:
+        # vhost_iotlb_add_range_ctx's limit checks, for one add of [start, last]
+        # (last >= start; `full`: exactly [0, ~0], stored as two entries) into a tree
+        # holding `nmaps` entries.  Raises what the kernel returns before changing
+        # anything; else returns nmaps after the add.  `index` >= 0 tags the error
+        # (map_many).  Since "vhost_iotlb: bound map allocation in add_range" (v7.2;
+        # stable 6.12.114, 6.1.191):
+        #   !limit -> -EINVAL;
+        #   [0, ~0]: limit < 2 -> -ENOSPC (RETIRE or not); without RETIRE
+        #            nmaps > limit - 2 -> -ENOSPC (both halves checked up front);
+        #   nmaps >= limit: RETIRE reuses the oldest entry, else -ENOSPC.
+        # Before it, a limit without RETIRE was not enforced and 0 meant unlimited.
+        cdef uint64_t lim = self._limit
+        cdef Py_ssize_t k = 2 if full else 1
+        if not self._bounded:
+            return nmaps + k
+        if lim == 0:
+            raise IOTLBError(_EINVAL, "vhost_iotlb_add_range_ctx: limit 0",
+                             index=None if index < 0 else index)
+        if full and lim < 2:
+            raise IOTLBError(_ENOSPC, f"vhost_iotlb_add_range_ctx: [0, ~0] needs two "
+                             f"entries, limit {lim}", index=None if index < 0 else index)
+        if self._retire:
+            return nmaps + k if <uint64_t>(nmaps + k) <= lim else <Py_ssize_t>lim
+        if <uint64_t>(nmaps + k) > lim:
+            raise IOTLBError(_ENOSPC, f"vhost_iotlb_add_range_ctx: {nmaps} entries, "
+                             f"limit {lim}", index=None if index < 0 else index)
+        return nmaps + k
+
+    cdef bint _add_range_ctx_fits(self) noexcept:
+        # whether one add of a range other than [0, ~0] passes _add_range_ctx_limit
+        # without an error and without retiring anything (the device core's fast
+        # path declines otherwise, so the rule itself stays in _add_range_ctx_limit)
+        return not self._bounded or <uint64_t>self.t.count < self._limit
+
     cdef int _add(self, uint64_t s, uint64_t l, uint64_t a, uint64_t perm,
                   object ctx) except -1:
-        # the core of add_range_ctx: retire the oldest if full, then insert (s <= l);
-        # allocations happen before any change, so MemoryError leaves the tree intact
-        cdef bint fifo = self._limit != 0 and self._retire
+        # the core of add_range_ctx once _add_range_ctx_limit has passed: retire the
+        # oldest if full, then insert (s <= l); allocations happen before any change,
+        # so MemoryError leaves the tree intact
+        cdef bint fifo = self._bounded and self._retire
         cdef uint64_t q, meta
         cdef Path p
         cdef Tree *t = &self.t
@@ -1010,7 +1055,7 @@ cdef class IOTLB:
         # one map() after another would leave them (no ctx, so nothing is released)
         cdef Py_ssize_t n = vs.shape[0], m = 0, i, keep, k
         cdef Tree *t = &self.t
-        cdef bint fifo = self._limit != 0 and self._retire
+        cdef bint fifo = self._bounded and self._retire
         cdef bint ordered = True
         cdef uint64_t s, l, a, seq = t.seq
         cdef Ent *e
@@ -1160,10 +1205,11 @@ cdef class IOTLB:
             _perm8(perm, "perm", &p)
         if l < s:
             raise IOTLBError(_EFAULT, f"map: last {l:#x} < start {s:#x}")
+        if s == 0 and l == UMAX and a > UMAX - HALF_C:
+            raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
+                                f"in 64 bits, got addr {a:#x}")
+        self._add_range_ctx_limit(self.t.count, s == 0 and l == UMAX, -1)
         if s == 0 and l == UMAX:
-            if a > UMAX - HALF_C:
-                raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
-                                    f"in 64 bits, got addr {a:#x}")
             self._add(0, HALF_C - 1, a, p, ctx)
             s = HALF_C
             a += HALF_C
@@ -1316,7 +1362,7 @@ cdef class IOTLB:
         cdef const uint64_t[::1] vl = _u64_buffer(lasts, "lasts")
         cdef const uint64_t[::1] va = _u64_buffer(addrs, "addrs")
         cdef const uint64_t[::1] vp
-        cdef Py_ssize_t n = vs.shape[0], i
+        cdef Py_ssize_t n = vs.shape[0], i, nmaps = self.t.count
         cdef uint64_t p = 3, s, l, a
         cdef bint scalar = True
         if vl.shape[0] != n or va.shape[0] != n:
@@ -1341,6 +1387,7 @@ cdef class IOTLB:
             if s == 0 and l == UMAX and va[i] > UMAX - HALF_C:
                 raise OverflowError(f"map_many: item {i}: full-space mapping needs "
                                     f"addr + 2**63 to fit in 64 bits")
+            nmaps = self._add_range_ctx_limit(nmaps, s == 0 and l == UMAX, i)
         if self.t.count == 0 and n >= 64:
             self._bulk(vs, vl, va, vp, p, scalar)
             return n
@@ -1473,7 +1520,7 @@ cdef class IOTLB:
         shown = [repr(m) for m in _itertools.islice(self, 8)]
         if len(self) > 8:
             shown.append(f"... {len(self) - 8} more")
-        return (f"IOTLB([{', '.join(shown)}], limit={self._limit}, "
+        return (f"IOTLB([{', '.join(shown)}], limit={self.limit}, "
                 f"retire={bool(self._retire)})")
 
     def _insertion_order(self):
@@ -1526,6 +1573,8 @@ cdef class IOTLB:
             _perm8(perm, "perm", &p)
             if l < s:
                 raise ValueError(f"_load: last {l:#x} < start {s:#x}")
+            if self._bounded and not self._retire and <uint64_t>self.t.count >= self._limit:
+                raise ValueError(f"_load: more entries than limit {self._limit}")
             self._add(s, l, a, p, ctx)
 
     def copy(self):
@@ -1536,7 +1585,7 @@ cdef class IOTLB:
         >>> c == t, next(iter(c)).ctx
         (True, 'x')
         """
-        cdef IOTLB new = type(self)(self._limit, retire=self._retire)
+        cdef IOTLB new = type(self)(self.limit, retire=self._retire)
         cdef Tree *d = &new.t
         cdef Tree *t = &self.t
         cdef Leaf *prev = NULL
@@ -1581,7 +1630,7 @@ cdef class IOTLB:
         >>> u = pickle.loads(pickle.dumps(t)); u == t, u.limit, u._insertion_order()
         (True, 2, [(1, 2, 3, 3, 'c')])
         """
-        return (_restore, (type(self), self._limit, bool(self._retire),
+        return (_restore, (type(self), self.limit, bool(self._retire),
                            self._insertion_order()))
 
     def __sizeof__(self):
@@ -1635,8 +1684,9 @@ cdef class IOTLB:
         _req(0 <= t.nspare_leaf <= NSPARE_L and 0 <= t.nspare_inner <= NSPARE_I, "spares")
         _req(set(self._ctx) == st.ctx_seqs, "ctx table != has_ctx bits")
         _req(all(c is not None for c in self._ctx.values()), "None stored as ctx")
-        if self._limit and self._retire:
+        if self._bounded:
             _req(<uint64_t>t.count <= self._limit, "more entries than limit")
+        if self._bounded and self._retire:
             _req(0 <= t.qhead <= t.qtail <= t.qcap, "queue bounds")
             live = []
             for i in range(t.qhead, t.qtail):

@@ -64,9 +64,12 @@ def _is_scalar(obj) -> bool:
 class IOTLB:
     """An IOTLB: overlapping-allowed interval map of inclusive u64 ranges.
 
-    ``limit`` (0 = unlimited) with ``retire=True`` evicts the oldest insertion when
-    full (``VHOST_IOTLB_FLAG_RETIRE``); without ``retire`` the limit is recorded but
-    not enforced, as in the kernel.
+    ``limit`` is ``struct vhost_iotlb``'s ``limit``; ``None`` (the default) is a tree
+    with no limit at all, which no kernel has had since "vhost_iotlb: bound map
+    allocation in add_range".  With a limit, ``vhost_iotlb_add_range_ctx``'s rules
+    hold (see :meth:`map`): ``retire=True`` (``VHOST_IOTLB_FLAG_RETIRE``) evicts the
+    oldest insertion when full, without it a full tree refuses with ENOSPC, and a
+    limit of 0 refuses every add with EINVAL.
 
     >>> t = IOTLB()
     >>> t.map(0x1000, 0x1fff, 0x8000)
@@ -79,8 +82,9 @@ class IOTLB:
     __slots__ = ("_keys", "_entries", "_spans", "_seq", "_limit", "_retire",
                  "_version", "__weakref__")
 
-    def __init__(self, limit: int = 0, *, retire: bool = False) -> None:
-        limit = u64(limit, "limit")
+    def __init__(self, limit: Optional[int] = None, *, retire: bool = False) -> None:
+        if limit is not None:
+            limit = u64(limit, "limit")
         if not isinstance(retire, (bool, int)):
             raise TypeError(f"retire must be a bool, got {type(retire).__name__}")
         self._limit = limit
@@ -93,11 +97,11 @@ class IOTLB:
 
     # ----------------------------------------------------------------- properties
     @property
-    def limit(self) -> int:
-        """The entry limit (0 = unlimited).
+    def limit(self) -> Optional[int]:
+        """The entry limit, or None for a tree without one.
 
-        >>> IOTLB(8, retire=True).limit
-        8
+        >>> IOTLB(8, retire=True).limit, IOTLB().limit
+        (8, None)
         """
         return self._limit
 
@@ -130,18 +134,52 @@ class IOTLB:
         if last < start:
             raise IOTLBError(_errno.EFAULT,
                              f"map: last {last:#x} < start {start:#x}")
-        if start == 0 and last == _FULL:
-            if addr > U64_MAX - HALF:
-                raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
-                                    f"in 64 bits, got addr {addr:#x}")
+        full = start == 0 and last == _FULL
+        if full and addr > U64_MAX - HALF:
+            raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
+                                f"in 64 bits, got addr {addr:#x}")
+        self._add_range_ctx_limit(len(self._entries), full)
+        if full:
             self._add(0, HALF - 1, addr, perm, ctx)
             start, addr = HALF, addr + HALF
         self._add(start, last, addr, perm, ctx)
 
+    def _add_range_ctx_limit(self, nmaps: int, full: bool,
+                             index: Optional[int] = None) -> int:
+        """``vhost_iotlb_add_range_ctx``'s limit checks for one add (``full``: exactly
+        ``[0, ~0]``, stored as two entries) into a tree of ``nmaps`` entries: raise
+        what the kernel returns before anything changes, else return ``nmaps`` after
+        the add.  ``index`` tags the error (map_many).
+
+        Since "vhost_iotlb: bound map allocation in add_range" (v7.2; stable
+        6.12.114, 6.1.191): ``!limit`` → -EINVAL; ``[0, ~0]`` with ``limit < 2`` →
+        -ENOSPC (RETIRE or not), without RETIRE ``nmaps > limit - 2`` → -ENOSPC (both
+        halves checked up front); ``nmaps >= limit``: RETIRE reuses the oldest entry,
+        else -ENOSPC.  Before it a limit without RETIRE was not enforced.
+        """
+        k = 2 if full else 1
+        lim = self._limit
+        if lim is None:
+            return nmaps + k
+        if lim == 0:
+            raise IOTLBError(_errno.EINVAL, "vhost_iotlb_add_range_ctx: limit 0",
+                             index=index)
+        if full and lim < 2:
+            raise IOTLBError(_errno.ENOSPC, f"vhost_iotlb_add_range_ctx: [0, ~0] needs "
+                             f"two entries, limit {lim}", index=index)
+        if self._retire:
+            return min(nmaps + k, lim)
+        if nmaps + k > lim:
+            raise IOTLBError(_errno.ENOSPC, f"vhost_iotlb_add_range_ctx: {nmaps} "
+                             f"entries, limit {lim}", index=index)
+        return nmaps + k
+
     def _add(self, start, last, addr, perm, ctx) -> None:
-        """Retire the oldest entry if full, then insert (the core of add_range_ctx)."""
+        """Retire the oldest entry if full, then insert (the core of add_range_ctx,
+        once :meth:`_add_range_ctx_limit` has passed)."""
         evicted = None  # released on return, once the tree is consistent again
-        if self._limit and self._retire and len(self._entries) == self._limit:
+        if self._limit is not None and self._retire and \
+                len(self._entries) >= self._limit:
             evicted = self._remove(next(iter(self._entries)))
         seq = next(self._seq)
         self._entries[seq] = (start, last, addr, perm, ctx)
@@ -327,6 +365,7 @@ class IOTLB:
             vp = _u64_buffer(perms, "perms")
             if len(vp) != n:
                 raise ValueError(f"map_many: perms has {len(vp)} items, expected {n}")
+        nmaps = len(self._entries)
         for i in range(n):
             s, l, a = vs[i], vl[i], va[i]
             if vp is not None and vp[i] > 255:
@@ -338,6 +377,7 @@ class IOTLB:
             if s == 0 and l == _FULL and a > U64_MAX - HALF:
                 raise OverflowError(f"map_many: item {i}: full-space mapping needs "
                                     f"addr + 2**63 to fit in 64 bits")
+            nmaps = self._add_range_ctx_limit(nmaps, s == 0 and l == _FULL, i)
         for i in range(n):
             self.map(vs[i], vl[i], va[i], p if vp is None else vp[i])
         return n
@@ -425,6 +465,9 @@ class IOTLB:
             addr, perm = u64(addr, "addr"), perm8(perm)
             if last < start:
                 raise ValueError(f"_load: last {last:#x} < start {start:#x}")
+            if self._limit is not None and not self._retire and \
+                    len(self._entries) >= self._limit:
+                raise ValueError(f"_load: more entries than limit {self._limit}")
             self._add(start, last, addr, perm, ctx)
 
     def copy(self) -> "IOTLB":
@@ -461,7 +504,7 @@ class IOTLB:
         assert sorted(self._spans) == sorted(e[1] - e[0] for e in self._entries.values())
         seqs = list(self._entries)
         assert seqs == sorted(seqs), "list is not in insertion order"
-        if self._limit and self._retire:
+        if self._limit is not None:
             assert len(self._entries) <= self._limit
 
 

@@ -40,6 +40,7 @@ from typing import Iterator, Optional, Tuple
 from . import IMPLEMENTATION, IOTLB
 from ._map import U64_MAX, perm8, u64
 from .errors import IOTLBError
+from .kernels import KernelProfile, kernel_profile
 from .usermem import MapFile, UserMemory
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_BACKEND_F_IOTLB_ASID, VHOST_BACKEND_F_IOTLB_PERSIST,
@@ -55,7 +56,7 @@ if IMPLEMENTATION == "cython":
 else:
     from ._pydevice import DeviceCore
 
-__all__ = ["VhostVdpa", "VDPA_RESET_F_CLEAN_MAP", "VIRTIO_CONFIG_S_ACKNOWLEDGE",
+__all__ = ["VhostVdpa", "VDPA_RESET_F_CLEAN_MAP", "MAX_IOTLB_ENTRIES", "VIRTIO_CONFIG_S_ACKNOWLEDGE",
            "VIRTIO_CONFIG_S_DRIVER", "VIRTIO_CONFIG_S_DRIVER_OK",
            "VIRTIO_CONFIG_S_FEATURES_OK", "VIRTIO_CONFIG_S_NEEDS_RESET",
            "VIRTIO_CONFIG_S_FAILED"]
@@ -77,6 +78,12 @@ _F_SUSPEND = 1 << VHOST_BACKEND_F_SUSPEND
 _F_RESUME = 1 << VHOST_BACKEND_F_RESUME
 _F_DESC_ASID = 1 << VHOST_BACKEND_F_DESC_ASID
 _U32_MAX = 0xFFFFFFFF
+_INT_MIN, _INT_MAX = -2**31, 2**31 - 1
+
+#: ``max_iotlb_entries``, vhost_vdpa's module parameter: the limit of every address
+#: space's vhost IOTLB (flags 0, so ``vhost_iotlb_add_range_ctx`` refuses the entry
+#: past it with -ENOSPC).  "vhost_iotlb: bound map allocation in add_range".
+MAX_IOTLB_ENTRIES = 2048
 
 _EINVAL, _EFAULT, _EEXIST, _ENOMEM = _errno.EINVAL, _errno.EFAULT, _errno.EEXIST, \
     _errno.ENOMEM
@@ -143,6 +150,11 @@ def _demo() -> "VhostVdpa":
 class VhostVdpa(DeviceCore):
     """One vhost-vdpa device node bound to ``backend`` (not yet opened).
 
+    ``kernel`` names the kernel profile whose rules apply (:data:`iotlb.KERNELS`;
+    None = the newest, :data:`iotlb.kernels.DEFAULT_KERNEL`; an unknown name is a
+    ValueError).  ``max_iotlb_entries`` is vhost_vdpa's module parameter of that
+    name: each address space's entry limit (default 2048; ``<= 0`` makes
+    ``vhost_vdpa_alloc_as`` fail, so UPDATE/BATCH_BEGIN get EINVAL).
     ``memlock_pages`` is ``RLIMIT_MEMLOCK`` in pages (None = unlimited); ``usermem``
     is the owner's memory model (a fresh identity-mapped :class:`UserMemory` by
     default; pass a shared one to model several devices in one process -- then
@@ -154,12 +166,20 @@ class VhostVdpa(DeviceCore):
     ...     def get_status(self): return 0
     ...     def set_status(self, s): pass
     >>> dev = VhostVdpa(P(), memlock_pages=1024)
-    >>> dev.is_open, dev.usermem.lock_limit
-    (False, 1024)
+    >>> dev.is_open, dev.usermem.lock_limit, dev.kernel.name, dev.max_iotlb_entries
+    (False, 1024, '7.2', 2048)
     """
 
-    def __init__(self, backend, *, memlock_pages: Optional[int] = None,
+    def __init__(self, backend, *, kernel=None,
+                 max_iotlb_entries: int = MAX_IOTLB_ENTRIES,
+                 memlock_pages: Optional[int] = None,
                  page_size: int = 4096, usermem: Optional[UserMemory] = None) -> None:
+        profile = kernel_profile(kernel)
+        if type(max_iotlb_entries) is not int:
+            raise TypeError(f"max_iotlb_entries must be an int, got "
+                            f"{type(max_iotlb_entries).__name__}")
+        if not _INT_MIN <= max_iotlb_entries <= _INT_MAX:
+            raise OverflowError(f"max_iotlb_entries is a C int, got {max_iotlb_entries}")
         if usermem is None:
             usermem = UserMemory(page_size, memlock_pages=memlock_pages)
         else:
@@ -169,6 +189,8 @@ class VhostVdpa(DeviceCore):
             if memlock_pages is not None:
                 usermem.memlock_pages = memlock_pages
         self._backend = backend
+        self._kernel = profile
+        self._max_iotlb_entries = max_iotlb_entries
         self._mem = usermem
         self._page_size = page_size
         self._shift = page_size.bit_length() - 1
@@ -193,6 +215,20 @@ class VhostVdpa(DeviceCore):
     def backend(self):
         """The parent driver model."""
         return self._backend
+
+    @property
+    def kernel(self) -> KernelProfile:
+        """The kernel profile whose rules this device follows.
+
+        >>> VhostVdpa(object(), kernel="6.12").kernel.release
+        (6, 12, 118)
+        """
+        return self._kernel
+
+    @property
+    def max_iotlb_entries(self) -> int:
+        """vhost_vdpa's ``max_iotlb_entries`` module parameter (each AS's limit)."""
+        return self._max_iotlb_entries
 
     @property
     def usermem(self) -> UserMemory:
@@ -559,8 +595,10 @@ class VhostVdpa(DeviceCore):
     def set_group_asid(self, group: int, asid: int):
         """``VHOST_VDPA_SET_GROUP_ASID`` (a vring ioctl): not the owner → EPERM
         (``vhost_dev_ioctl`` runs first); ``group >= nvqs`` → ENOBUFS (parsed as a
-        vring index); ``asid >= nas`` → EINVAL; no ``set_group_asid`` op →
-        EOPNOTSUPP; else the parent's result.  No AS is created, no mapping touched.
+        vring index); ``group >= ngroups || asid >= nas`` → EINVAL ("vhost: move
+        vdpa group bound check to vhost_vdpa"; before it only ``asid >= nas``);
+        DRIVER_OK set → EBUSY (7.2 profile); no ``set_group_asid`` op → EOPNOTSUPP;
+        else the parent's result.  No AS is created, no mapping touched.
 
         >>> dev = _demo(); dev.set_group_asid(1, 1), dev.address_spaces
         (0, [])
@@ -576,9 +614,17 @@ class VhostVdpa(DeviceCore):
         if group >= self._backend.nvqs:
             raise IOTLBError(_ENOBUFS, f"VHOST_VDPA_SET_GROUP_ASID: index {group} >= "
                              f"nvqs {self._backend.nvqs}")
+        profile = self._kernel
+        # vhost_vdpa_vring_ioctl, VHOST_VDPA_SET_GROUP_ASID
+        if profile.group_asid_bound_check and group >= self._backend.ngroups:
+            raise IOTLBError(_EINVAL, f"VHOST_VDPA_SET_GROUP_ASID: group {group} >= "
+                             f"ngroups {self._backend.ngroups}")
         if asid >= self._backend.nas:
             raise IOTLBError(_EINVAL, f"VHOST_VDPA_SET_GROUP_ASID: asid {asid} >= nas "
                              f"{self._backend.nas}")
+        if profile.set_group_asid_busy_after_driver_ok and \
+                self._backend.get_status() & VIRTIO_CONFIG_S_DRIVER_OK:
+            raise IOTLBError(_EBUSY, "VHOST_VDPA_SET_GROUP_ASID: DRIVER_OK is set")
         op = self._op("set_group_asid")
         if op is None:
             raise IOTLBError(_EOPNOTSUPP, "VHOST_VDPA_SET_GROUP_ASID: the parent has no "
@@ -609,14 +655,26 @@ class VhostVdpa(DeviceCore):
                              f"{group} >= ngroups {self._backend.ngroups}")
         return int(group)
 
+    def _driver_ok_or_skip(self) -> bool:
+        """``vhost_vdpa_suspend``/``resume``'s first test: False (return 0, no parent
+        call, no op check) while DRIVER_OK is clear -- "vdpa: skip suspend/resume
+        ops if not DRIVER_OK" (:attr:`KernelProfile.suspend_resume_need_driver_ok`)."""
+        if not self._kernel.suspend_resume_need_driver_ok:
+            return True
+        return bool(self._backend.get_status() & VIRTIO_CONFIG_S_DRIVER_OK)
+
     def suspend(self) -> None:
-        """``VHOST_VDPA_SUSPEND``: EOPNOTSUPP without the op, else the parent's
-        ``suspend()``.
+        """``VHOST_VDPA_SUSPEND``: 0 without calling the parent while DRIVER_OK is
+        clear; else EOPNOTSUPP without the op, else the parent's ``suspend()``.
 
         >>> dev = _demo(); dev.suspend(); dev.suspended
+        False
+        >>> dev.set_status(VIRTIO_CONFIG_S_DRIVER_OK); dev.suspend(); dev.suspended
         True
         """
         self._check_open()
+        if not self._driver_ok_or_skip():
+            return
         op = self._op("suspend")
         if op is None:
             raise IOTLBError(_EOPNOTSUPP, "VHOST_VDPA_SUSPEND: the parent has no suspend "
@@ -625,13 +683,16 @@ class VhostVdpa(DeviceCore):
         self._suspended = True
 
     def resume(self) -> None:
-        """``VHOST_VDPA_RESUME``: EOPNOTSUPP without the op, else the parent's
-        ``resume()``.
+        """``VHOST_VDPA_RESUME``: 0 without calling the parent while DRIVER_OK is
+        clear; else EOPNOTSUPP without the op, else the parent's ``resume()``.
 
-        >>> dev = _demo(); dev.suspend(); dev.resume(); dev.suspended
+        >>> dev = _demo(); dev.set_status(VIRTIO_CONFIG_S_DRIVER_OK)
+        >>> dev.suspend(); dev.resume(); dev.suspended
         False
         """
         self._check_open()
+        if not self._driver_ok_or_skip():
+            return
         op = self._op("resume")
         if op is None:
             raise IOTLBError(_EOPNOTSUPP, "VHOST_VDPA_RESUME: the parent has no resume "
@@ -687,7 +748,8 @@ class VhostVdpa(DeviceCore):
         if type(data) is not bytes and type(data) is not bytearray:
             data = _bytes_view(data)
         if len(data) < VHOST_MSG_MIN_WRITE:
-            decode(data, asid_acked=bool(self._features & _F_ASID))  # raises EINVAL
+            decode(data, asid_acked=bool(self._features & _F_ASID),
+                   invalidate_size_zero=self._kernel.invalidate_size_zero)  # EINVAL
             raise AssertionError("unreachable")  # pragma: no cover
         outer, asid, iova, size, uaddr, perm, t = _unpack_head(data)
         if outer == VHOST_IOTLB_MSG_V2:
@@ -698,7 +760,11 @@ class VhostVdpa(DeviceCore):
         else:
             raise IOTLBError(_EINVAL, f"vhost_chr_write_iter: unknown message type "
                              f"{outer}")
-        if size == 0 and (t == _UPDATE or t == _INVALIDATE):
+        # vhost_chr_write_iter: only UPDATE with size 0 since v6.6 ("vhost: Allow
+        # null msg.size on VHOST_IOTLB_INVALIDATE"); the handler then unmaps the
+        # wrapped [iova, iova - 1] (iova 0: the whole AS)
+        if size == 0 and (t == _UPDATE or (t == _INVALIDATE and
+                                           not self._kernel.invalidate_size_zero)):
             raise IOTLBError(_EINVAL, f"vhost_chr_write_iter: {msg_type_name(t)} with "
                              f"size 0")
         try:
@@ -768,7 +834,7 @@ class VhostVdpa(DeviceCore):
 
         >>> dev = _demo(); dev.update(0x1000, 0x3000, 0x1000)
         >>> dev.invalidate(0x2000, 1); dev.vhost_iotlb(0), dev.pinned_pages
-        (IOTLB([], limit=0, retire=False), 0)
+        (IOTLB([], limit=2048, retire=False), 0)
         """
         self._check_open()
         self._handle(_u32(asid, "asid"), _INVALIDATE, u64(iova, "iova"),
@@ -823,10 +889,7 @@ class VhostVdpa(DeviceCore):
         iotlb = self._as.get(asid)
         if iotlb is None and (t == _UPDATE or t == _BEGIN):
             # vhost_vdpa_find_alloc_as: the AS stays even if a later check fails
-            if asid >= self._backend.nas:
-                raise IOTLBError(_EINVAL, f"vhost_vdpa_process_iotlb_msg: can't find and "
-                                 f"alloc asid {asid} (nas {self._backend.nas})")
-            iotlb = self._as[asid] = IOTLB()
+            iotlb = self._as[asid] = self._alloc_as(asid)
         if self._in_batch and self._batch_asid != asid:
             raise IOTLBError(_EINVAL, f"vhost_vdpa_process_iotlb_msg: batch id "
                              f"{self._batch_asid} asid {asid}")
@@ -851,6 +914,22 @@ class VhostVdpa(DeviceCore):
         else:
             raise IOTLBError(_EINVAL, f"vhost_vdpa_process_iotlb_msg: unsupported "
                              f"message {msg_type_name(t)}")
+
+    def _alloc_as(self, asid: int) -> IOTLB:
+        """``vhost_vdpa_alloc_as``: NULL (→ EINVAL) for ``asid >= nas`` or, with the
+        entry limit ("vhost_iotlb: bound map allocation in add_range"),
+        ``max_iotlb_entries <= 0``; else an IOTLB limited to ``max_iotlb_entries``
+        (flags 0: ``vhost_iotlb_add_range_ctx`` refuses the entry past it, ENOSPC)."""
+        if asid >= self._backend.nas:
+            raise IOTLBError(_EINVAL, f"vhost_vdpa_process_iotlb_msg: can't find and "
+                             f"alloc asid {asid} (nas {self._backend.nas})")
+        if not self._kernel.iotlb_entry_limit:
+            return IOTLB()
+        if self._max_iotlb_entries <= 0:
+            raise IOTLBError(_EINVAL, f"vhost_vdpa_process_iotlb_msg: can't find and "
+                             f"alloc asid {asid} (max_iotlb_entries "
+                             f"{self._max_iotlb_entries})")
+        return IOTLB(self._max_iotlb_entries)
 
     # ---------------------------------------------------------------- UPDATE
     def _update(self, asid, iotlb, iova, size, uaddr, perm) -> None:
@@ -973,7 +1052,7 @@ class VhostVdpa(DeviceCore):
                 idx, pfn, _ = runs[n_map]
                 if n_map > 0 and idx - idx % batch == fault_batch - batch:
                     leak = (pfn, fault_batch - idx)
-        if leak is not None:
+        if leak is not None and not self._kernel.pa_map_unpins_failed_run:
             mem.leak(self, leak[0], leak[1], writable)
         self._unmap(asid, iotlb, iova, size)
         raise err

@@ -296,7 +296,7 @@ def _bytes_view(data):
     return view
 
 
-def decode(data, *, asid_acked: bool) -> VhostMsg:
+def decode(data, *, asid_acked: bool, invalidate_size_zero: bool = True) -> VhostMsg:
     """Parse one write, exactly as ``vhost_chr_write_iter`` does.
 
     1. fewer than 4 bytes (the ``int type``) → EINVAL;
@@ -304,7 +304,10 @@ def decode(data, *, asid_acked: bool) -> VhostMsg:
        IOTLB_ASID is acked (``asid_acked``), else skip it (a nonzero asid is silently
        ignored); any other outer type → EINVAL;
     3. fewer than 40 bytes in all → EINVAL; bytes past 40 are never read;
-    4. ``size == 0`` with type UPDATE or INVALIDATE → EINVAL (other types may have 0).
+    4. ``size == 0`` with type UPDATE → EINVAL (other types may have 0).  With
+       ``invalidate_size_zero=False`` INVALIDATE with size 0 is EINVAL too: the rule
+       before v6.6's "vhost: Allow null msg.size on VHOST_IOTLB_INVALIDATE" (stable
+       6.5.10, 6.1.61; :attr:`iotlb.kernels.KernelProfile.invalidate_size_zero`).
 
     Never trusts ``data``; every failure is :class:`IOTLBError` EINVAL.
 
@@ -316,6 +319,8 @@ def decode(data, *, asid_acked: bool) -> VhostMsg:
     Traceback (most recent call last):
     ...
     iotlb.errors.IOTLBError: [EINVAL] vhost_chr_write_iter: 39 bytes, a message needs at least 40
+    >>> decode(encode(VHOST_IOTLB_INVALIDATE, 0x1000, 0), asid_acked=False).size
+    0
     """
     data = _bytes_view(data)
     n = len(data)
@@ -333,7 +338,8 @@ def decode(data, *, asid_acked: bool) -> VhostMsg:
         raise IOTLBError(_errno.EINVAL, f"vhost_chr_write_iter: {n} bytes, a message "
                          f"needs at least {VHOST_MSG_MIN_WRITE}")
     _, asid, iova, size, uaddr, perm, t = _HEAD.unpack_from(data)
-    if (t == VHOST_IOTLB_UPDATE or t == VHOST_IOTLB_INVALIDATE) and size == 0:
+    if size == 0 and (t == VHOST_IOTLB_UPDATE or (t == VHOST_IOTLB_INVALIDATE
+                                                 and not invalidate_size_zero)):
         raise IOTLBError(_errno.EINVAL, f"vhost_chr_write_iter: {_TYPE_NAMES[t]} with "
                          f"size 0")
     if outer != VHOST_IOTLB_MSG_V2 or not asid_acked:
@@ -410,8 +416,10 @@ def iter_records(source, *, record_size: int = VHOST_MSG_SIZE,
                           f"{tail} of {record_size} bytes", offset=offset, index=index)
 
 
-def decode_stream(source, *, asid_acked: bool) -> Iterator[Tuple[int, VhostMsg]]:
-    """Yield ``(offset, VhostMsg)`` for every 72-byte record of ``source``.
+def decode_stream(source, *, asid_acked: bool,
+                  invalidate_size_zero: bool = True) -> Iterator[Tuple[int, VhostMsg]]:
+    """Yield ``(offset, VhostMsg)`` for every 72-byte record of ``source``
+    (``invalidate_size_zero`` as in :func:`decode`).
 
     A record that :func:`decode` rejects raises :class:`StreamError` with its offset
     and index (``__cause__`` is the decode error); a truncated trailing record too.
@@ -427,7 +435,8 @@ def decode_stream(source, *, asid_acked: bool) -> Iterator[Tuple[int, VhostMsg]]
     """
     for index, (offset, rec) in enumerate(iter_records(source)):
         try:
-            msg = decode(rec, asid_acked=asid_acked)
+            msg = decode(rec, asid_acked=asid_acked,
+                         invalidate_size_zero=invalidate_size_zero)
         except IOTLBError as e:
             raise StreamError(e.errno, f"record {index} at byte offset {offset}: "
                               f"{e.strerror}", offset=offset, index=index) from e

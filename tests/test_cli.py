@@ -278,7 +278,10 @@ def test_replay_is_quiet_when_piped(tmp_path):
     f.write_text("\n".join(lines) + "\n")
     proc = cli("replay", f, "--backend", "platform_iommu", check=0)
     assert proc.stderr == ""
-    assert "3,002 operations" in proc.stdout and "3,000 entries" in proc.stdout
+    # vhost_vdpa's max_iotlb_entries (2048) bounds the AS: the 2049th UPDATE is
+    # ENOSPC in vhost_iotlb_add_range_ctx ("vhost_iotlb: bound map allocation in
+    # add_range"), EFAULT at write()
+    assert "3,002 operations" in proc.stdout and "2,048 entries" in proc.stdout
 
 
 def test_keep_going_counts_bad_lines():

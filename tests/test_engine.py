@@ -76,14 +76,14 @@ class TestAddRange:
 
     def test_full_space_addr_overflow_rejected_before_any_change(self, IOTLB):
         """The kernel wraps addr + 2^63; the engine refuses instead (ARCHITECTURE.md)."""
-        t = IOTLB(1, retire=True)
+        t = IOTLB(2, retire=True)
         t.map(5, 5, 5)
         before = state(t)
         with pytest.raises(OverflowError):
             t.map(0, U64_MAX, H)
         assert state(t) == before
         t.map(0, U64_MAX, H - 1)  # the largest addr that fits
-        assert entries(t) == [(H, U64_MAX, U64_MAX, 3)]
+        assert entries(t) == [(0, H - 1, H - 1, 3), (H, U64_MAX, U64_MAX, 3)]
 
     def test_overlaps_and_identical_ranges_are_kept(self, IOTLB):
         """vhost_iotlb_add_range_ctx never rejects overlaps: identical ranges become
@@ -105,13 +105,74 @@ class TestAddRange:
         assert sorted(m[3] for m in t) == [0, 4, 0xA5, 255]
         assert next(iter(t)).perm == Perm.NONE
 
-    def test_limit_without_retire_is_not_enforced(self, IOTLB):
-        """vhost_iotlb_add_range_ctx: the limit check is `limit && nmaps == limit &&
-        (flags & VHOST_IOTLB_FLAG_RETIRE)`: without RETIRE nmaps exceeds limit."""
+    def test_limit_without_retire_refuses_with_enospc(self, IOTLB):
+        """vhost_iotlb_add_range_ctx: `nmaps >= limit` without RETIRE → -ENOSPC,
+        nothing changed ("vhost_iotlb: bound map allocation in add_range", v7.2;
+        stable 6.12.114, 6.1.191)."""
         t = IOTLB(2)
-        for i in range(5):
-            t.map(i * 10, i * 10 + 9, 0)
-        assert len(t) == 5 and t.limit == 2 and not t.retire
+        t.map(0, 9, 0)
+        t.map(10, 19, 0)
+        before = state(t)
+        with pytest.raises(IOTLBError) as ei:
+            t.map(20, 29, 0)
+        assert ei.value.errno == errno.ENOSPC
+        assert state(t) == before and t.limit == 2 and not t.retire
+        t.unmap(0, 0)
+        t.map(20, 29, 0)                       # room again after an unmap
+        assert [m.start for m in t] == [10, 20]
+        t._check()
+
+    def test_limit_zero_refuses_every_add_with_einval(self, IOTLB):
+        """vhost_iotlb_add_range_ctx: `!iotlb->limit` → -EINVAL, after the EFAULT of
+        `last < start` (same commit).  None is the model's tree without a limit."""
+        for retire in (False, True):
+            t = IOTLB(0, retire=retire)
+            with pytest.raises(IOTLBError) as ei:
+                t.map(0, 9, 0)
+            assert ei.value.errno == errno.EINVAL and len(t) == 0
+            with pytest.raises(IOTLBError) as ei:
+                t.map(9, 0, 0)
+            assert ei.value.errno == errno.EFAULT
+        t = IOTLB()
+        assert t.limit is None
+        t.map_many(array.array("Q", range(0, 5000, 2)), array.array("Q", range(1, 5000, 2)),
+                   array.array("Q", [0] * 2500))
+        assert len(t) == 2500
+
+    def test_full_space_split_checks_both_halves_up_front(self, IOTLB):
+        """vhost_iotlb_add_range_ctx, [0, ~0]: `limit < 2` → -ENOSPC even with
+        RETIRE; without RETIRE `nmaps > limit - 2` → -ENOSPC before the lower half is
+        added, so a refused split leaves nothing behind."""
+        t = IOTLB(3)
+        t.map(5, 5, 5)
+        t.map(6, 6, 6)
+        before = state(t)
+        with pytest.raises(IOTLBError) as ei:
+            t.map(0, U64_MAX, 0)
+        assert ei.value.errno == errno.ENOSPC and state(t) == before
+        t.unmap(6, 6)
+        t.map(0, U64_MAX, 0)
+        assert len(t) == 3
+        for retire in (False, True):
+            with pytest.raises(IOTLBError) as ei:
+                IOTLB(1, retire=retire).map(0, U64_MAX, 0)
+            assert ei.value.errno == errno.ENOSPC
+
+    def test_map_many_checks_the_limit_before_adding_anything(self, IOTLB):
+        """map_many is all-or-nothing: the item that would hit
+        vhost_iotlb_add_range_ctx's ENOSPC is reported by index, nothing added."""
+        t = IOTLB(3)
+        t.map(100, 100, 0)
+        q = lambda *v: array.array("Q", v)
+        with pytest.raises(IOTLBError) as ei:
+            t.map_many(q(0, 1, 2), q(0, 1, 2), q(0, 0, 0))
+        assert ei.value.errno == errno.ENOSPC and ei.value.index == 2 and len(t) == 1
+        with pytest.raises(IOTLBError) as ei:
+            IOTLB(0).map_many(q(0), q(0), q(0))
+        assert ei.value.errno == errno.EINVAL and ei.value.index == 0
+        r = IOTLB(2, retire=True)
+        assert r.map_many(q(0, 1, 2), q(0, 1, 2), q(0, 0, 0)) == 3
+        assert [m.start for m in r] == [1, 2]
 
     def test_retire_evicts_oldest_insertion_fifo(self, IOTLB):
         """VHOST_IOTLB_FLAG_RETIRE frees the first entry of the insertion list."""
@@ -146,12 +207,15 @@ class TestAddRange:
         assert [m.start for m in t] == [20, 30]
         t._check()
 
-    def test_retire_limit_one_full_space_keeps_upper_half(self, IOTLB):
-        """§1.2 corner case: limit 1 + RETIRE + [0, ~0]: the lower half is evicted
-        when the upper half is inserted."""
+    def test_retire_limit_one_full_space_is_enospc(self, IOTLB):
+        """vhost_iotlb_add_range_ctx: limit 1 + RETIRE + [0, ~0] → -ENOSPC (before
+        "vhost_iotlb: bound map allocation in add_range" the lower half was evicted
+        by the upper one)."""
         t = IOTLB(1, retire=True)
-        t.map(0, U64_MAX, 0)
-        assert entries(t) == [(H, U64_MAX, H, 3)]
+        t.map(7, 7, 7)
+        with pytest.raises(IOTLBError) as ei:
+            t.map(0, U64_MAX, 0)
+        assert ei.value.errno == errno.ENOSPC and entries(t) == [(7, 7, 7, 3)]
 
     def test_retire_check_runs_once_per_half(self, IOTLB):
         """In the split case the retire check runs for the lower half (inside the
@@ -432,7 +496,7 @@ class TestContainer:
             t.map(i * 0x1000, i * 0x1000 + 0xfff, i)
         assert t and len(t) == 20
         r = repr(t)
-        assert r.startswith("IOTLB([Map(") and "12 more" in r and "limit=0" in r
+        assert r.startswith("IOTLB([Map(") and "12 more" in r and "limit=None" in r
         assert all(isinstance(m, Map) for m in t)
 
     def test_equality_compares_entries_not_ctx(self, IOTLB, all_engines):

@@ -37,16 +37,25 @@ class Model:
         self.limit, self.retire, self.list = limit, retire, []
 
     def _add(self, s, l, a, p, c):
-        if self.limit and self.retire and len(self.list) == self.limit:
+        if self.limit is not None and len(self.list) >= self.limit:
+            if not self.retire:
+                raise IOTLBError(errno.ENOSPC, "full")
             self.list.pop(0)
         self.list.append((s, l, a, p, c))
 
     def map(self, s, l, a, p, c):
+        # vhost_iotlb_add_range_ctx since "vhost_iotlb: bound map allocation in
+        # add_range" (limit None: the model's tree without a limit)
         if l < s:
             raise IOTLBError(errno.EFAULT, "last < start")
+        if s == 0 and l == U64_MAX and a + H > U64_MAX:
+            raise OverflowError("full space addr")
+        if self.limit == 0:
+            raise IOTLBError(errno.EINVAL, "limit 0")
         if s == 0 and l == U64_MAX:
-            if a + H > U64_MAX:
-                raise OverflowError("full space addr")
+            if self.limit is not None and (self.limit < 2 or (
+                    not self.retire and len(self.list) > self.limit - 2)):
+                raise IOTLBError(errno.ENOSPC, "full")
             self._add(0, H - 1, a, p, c)
             s, a = H, a + H
         self._add(s, l, a, p, c)
@@ -114,7 +123,7 @@ def outcome(fn):
 
 
 class EngineMachine(RuleBasedStateMachine):
-    @initialize(limit=st.sampled_from([0, 0, 1, 2, 3, 5]), retire=st.booleans())
+    @initialize(limit=st.sampled_from([None, None, 0, 1, 2, 3, 5]), retire=st.booleans())
     def setup(self, limit, retire):
         self.model = Model(limit, retire)
         self.trees = [cls(limit, retire=retire) for cls in ENGINES]

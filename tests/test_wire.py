@@ -158,12 +158,24 @@ def test_write_iter_40_bytes_accepted(outer):
     assert decode(longer, asid_acked=False) == m
 
 
-@pytest.mark.parametrize("t", [VHOST_IOTLB_UPDATE, VHOST_IOTLB_INVALIDATE])
-def test_write_iter_size0_update_invalidate_einval(t):
-    """vhost_chr_write_iter: size 0 rejected for UPDATE/INVALIDATE only."""
+def test_write_iter_size0_update_einval():
+    """vhost_chr_write_iter: size 0 rejected for UPDATE only."""
     with pytest.raises(IOTLBError) as ei:
-        decode(raw(2, 0, 0x1000, 0, 0, 3, t), asid_acked=False)
+        decode(raw(2, 0, 0x1000, 0, 0, 3, VHOST_IOTLB_UPDATE), asid_acked=False)
     assert ei.value.errno == errno.EINVAL
+
+
+def test_write_iter_size0_invalidate_accepted_since_v6_6():
+    """vhost_chr_write_iter: a size-0 INVALIDATE passes the parse since v6.6 ("vhost:
+    Allow null msg.size on VHOST_IOTLB_INVALIDATE"); invalidate_size_zero=False is
+    the rule before it."""
+    rec = raw(2, 0, 0x1000, 0, 0, 3, VHOST_IOTLB_INVALIDATE)
+    assert decode(rec, asid_acked=False).size == 0
+    with pytest.raises(IOTLBError) as ei:
+        decode(rec, asid_acked=False, invalidate_size_zero=False)
+    assert ei.value.errno == errno.EINVAL
+    with pytest.raises(IOTLBError):
+        list(decode_stream(rec, asid_acked=False, invalidate_size_zero=False))
 
 
 @pytest.mark.parametrize("t", [VHOST_IOTLB_MISS, VHOST_IOTLB_ACCESS_FAIL,

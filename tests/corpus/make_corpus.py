@@ -1720,6 +1720,864 @@ def t_qemu_10_2_init():
     return t
 
 
+# ---------------------------------------------------------------- more: open / owner / features
+@trace
+def t_open_release_cycles():
+    t = Trace("open_release_cycles", ["release-reopen", "pin-release", "open-ebusy", "as-lazy"],
+              "Eight open / map / release cycles on the same node: every cycle starts with no AS "
+              "(INVALIDATE -> EINVAL), maps the same iovas without EEXIST, and ends with VmPin 0.")
+    t.setup(ASIDF, mem=[(U, 8 * PG)])
+    t.release()
+    for i in range(8):
+        t.open().owner().features(ASIDF if i % 2 else PERSIST)
+        t.inv(0x1000, PG, c="EFAULT (EINVAL): fresh fd, no AS")
+        t.update(0x1000, 2 * PG, U + (i % 4) * PG, asid=i % 2)
+        t.update(0x8000, PG, U + 7 * PG)
+        if i % 3 == 0:
+            t.status(DRIVER_OK)
+        t.open(c="EBUSY")
+        t.release(c="VmPin 0")
+    t.open().release()
+    return t
+
+
+@trace
+def t_msgs_before_owner_v1():
+    t = Trace("msgs_before_owner_v1", ["msg-no-owner", "wire-v1v2", "wire-efault"],
+              "v1 messages before SET_OWNER fail in the handler with EPERM like v2 ones; nothing acked.")
+    t.open().mmap(U, PG)
+    t.update(0x1000, PG, U, version=1, c="EFAULT (EPERM)")
+    t.inv(0x1000, PG, version=1, c="EFAULT (EPERM)")
+    t.begin(version=1, c="EFAULT (EPERM)")
+    t.end(version=1, c="EFAULT (EPERM)")
+    t.owner()
+    t.update(0x1000, PG, U, version=1, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_features_before_owner():
+    t = Trace("features_before_owner", ["feat-replace", "ioctl-no-owner", "wire-asid"],
+              "Backend features acked before SET_OWNER stay acked after it (SET_OWNER does not reset "
+              "them): asid 1 is AS 1.")
+    t.open().get_features().features(ASIDF, c="before the owner").owner().mmap(U, PG)
+    t.update(0x1000, PG, U, asid=1, c="AS 1")
+    t.inv(0x1000, PG, asid=0, c="EFAULT (EINVAL): no AS 0")
+    t.get_features(c="0x17e")
+    t.release()
+    return t
+
+
+@trace
+def t_features_asid_dropped_in_batch():
+    t = Trace("features_asid_dropped_in_batch", ["feat-replace", "batch-asid", "wire-asid"],
+              "A batch opened on AS 1; IOTLB_ASID then un-acked: every v2 message now reads as asid 0 "
+              "and mismatches the open batch (EINVAL), BATCH_END included, until IOTLB_ASID is acked "
+              "again.")
+    t.setup(ASIDF, mem=[(U, 2 * PG)])
+    t.begin(1)
+    t.update(0x1000, PG, U, asid=1, c="ok")
+    t.features(NOASID)
+    t.update(0x3000, PG, U + PG, asid=1, c="read as asid 0: EFAULT (EINVAL) mismatch")
+    t.end(1, c="read as asid 0: EFAULT (EINVAL) mismatch")
+    t.end(0, version=1, c="v1 (asid 0): EFAULT (EINVAL)")
+    t.features(ASIDF)
+    t.end(1, c="ok now")
+    t.update(0x3000, PG, U + PG, asid=0, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_features_persist_only():
+    t = Trace("features_persist_only", ["feat-any", "reset-flags", "wire-asid", "reset-keeps-vhost"],
+              "IOTLB_PERSIST acked alone (no MSG_V2/BATCH/ASID): v2 messages and batches still work, "
+              "the asid is ignored, SET_STATUS(0) is a plain reset.")
+    t.setup(["IOTLB_PERSIST"], mem=[(U, 2 * PG)])
+    t.begin(1, c="asid ignored: AS 0")
+    t.update(0x1000, PG, U, asid=1)
+    t.end(0)
+    t.status(DRIVER_OK)
+    t.status(0, c="reset() (PERSIST)")
+    t.update(0x1000, PG, U + PG, c="EFAULT (EEXIST)")
+    t.release()
+    return t
+
+
+@trace
+def t_features_get_after_refused():
+    t = Trace("features_get_after_refused", ["feat-get", "feat-unknown", "feat-desc-asid"],
+              "GET_BACKEND_FEATURES keeps answering the offered set (0x17e) after refused and accepted "
+              "SET_BACKEND_FEATURES calls and after release.")
+    t.open().owner().get_features()
+    t.features(0x1FF, c="all nine low bits incl. DESC_ASID: EOPNOTSUPP (bit 0 unknown)")
+    t.get_features(c="0x17e")
+    t.features(0x1FE, c="DESC_ASID|ASID...: EOPNOTSUPP (no get_vq_desc_group)")
+    t.features(0x17E)
+    t.get_features(c="0x17e")
+    t.features(0x1000000000000, c="bit 48: EOPNOTSUPP")
+    t.release()
+    t.open().get_features().release()
+    return t
+
+
+# ---------------------------------------------------------------- more: wire
+@trace
+def t_wire_padding_ignored():
+    t = Trace("wire_padding_ignored", ["wire-ret72", "wire-asid", "wire-v1v2"],
+              "Bytes 34..71 of a 72-byte message (union padding) are never read: garbage there changes "
+              "nothing; v1 hole bytes are skipped.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    base = raw_msg(2, 0x1000, PG, U, 3)
+    t.write(base[:68] + "ab" * 38, c="UPDATE with 0xab padding: 72")
+    t.write(raw_msg(2, 0x3000, PG, U + PG, 3, outer=1, hole=0xFFFFFFFF)[:68] + "ff" * 38,
+            c="v1 UPDATE, hole and padding 0xff: AS 0, 72")
+    t.write(raw_msg(3, 0x1000, PG, hole=0)[:68] + "01" * 38, c="INVALIDATE with padding: 72")
+    t.update(0x1000, PG, U, c="ok: it was removed")
+    t.update(0x3000, PG, U, c="EFAULT (EEXIST): the v1 UPDATE landed in AS 0")
+    t.release()
+    return t
+
+
+@trace
+def t_wire_zero_message():
+    t = Trace("wire_zero_message", ["wire-outer", "wire-inner", "as-missing"],
+              "72 zero bytes: outer type 0 -> EINVAL at write(). A v2 message of all zeros but the "
+              "type: inner type 0 -> the handler (AS 0 missing -> EINVAL; existing -> EINVAL).")
+    t.setup(ASIDF, mem=[(U, PG)])
+    t.write("00" * 72, c="EINVAL")
+    t.write("02000000" + "00" * 68, c="EFAULT (EINVAL): no AS 0")
+    t.update(0x1000, PG, U)
+    t.write("02000000" + "00" * 68, c="EFAULT (EINVAL): type 0")
+    t.write("01000000" + "00" * 68, c="v1 type 0: EFAULT (EINVAL)")
+    t.release()
+    return t
+
+
+@trace
+def t_wire_batch_raw_asid():
+    t = Trace("wire_batch_raw_asid", ["wire-asid", "batch-asid", "batch"],
+              "Raw v2 BATCH messages with the asid in bytes 4..7: with IOTLB_ASID acked asid 1 opens an "
+              "AS-1 batch; the same bytes with IOTLB_ASID not acked are asid 0.")
+    t.setup(ASIDF, mem=[(U, 2 * PG)])
+    t.write(raw_msg(5, hole=1), c="BATCH_BEGIN asid 1")
+    t.update(0x1000, PG, U, asid=0, c="EFAULT (EINVAL): mismatch")
+    t.write(raw_msg(2, 0x1000, PG, U, 3, hole=1), c="UPDATE asid 1: ok")
+    t.write(raw_msg(6, hole=1), c="BATCH_END asid 1")
+    t.features(NOASID)
+    t.write(raw_msg(5, hole=1), c="BATCH_BEGIN, asid bytes ignored: AS 0")
+    t.update(0x1000, PG, U + PG, asid=0, c="ok in AS 0")
+    t.write(raw_msg(6, hole=1), c="BATCH_END AS 0")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: size 0 / wrap
+@trace
+def t_size0_invalidate_multipage():
+    t = Trace("size0_invalidate_multipage", ["size0-inv-gt0", "pin-runs", "va-vma", "inv-whole"],
+              "Size-0 INVALIDATE inside a 4-page UPDATE: VA: one entry (one memfd VMA) containing "
+              "iova-1 and iova -> removed whole. PA: removed iff the run holding page 1 also holds page "
+              "2 (physical placement recorded by the runner).")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.update(0x10000, 4 * PG, U)
+    t.inv(0x12000, 0, c="VA: the entry goes; PA: the run spanning 0x11fff..0x12000, if any")
+    t.update(0x10000, PG, U, c="VA: ok; PA: ok iff pages 0..2 are one run")
+    t.inv(0x10000, 4 * PG)
+    t.release()
+    return t
+
+
+@trace
+def t_size0_invalidate_empty_as():
+    t = Trace("size0_invalidate_empty_as", ["size0-inv-0", "as-lazy", "as-missing"],
+              "Size-0 INVALIDATE at iova 0 on an AS that exists but is empty (created by BATCH_BEGIN): "
+              "accepted no-op; on AS 1 never created: EINVAL.")
+    t.setup(ASIDF)
+    t.begin(0).end(0)
+    t.inv(0, 0, c="ok, nothing to remove")
+    t.inv(0, 0, asid=1, c="EFAULT (EINVAL)")
+    t.inv(0x1000, 0, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_inv_wrap_from_one():
+    t = Trace("inv_wrap_from_one", ["inv-wrap", "range-wrap", "page-expand"],
+              "INVALIDATE(1, 2^64-1) = [1, 2^64-1] does not wrap (removes all but page 0... and page 0 "
+              "too, it holds byte 1). INVALIDATE(2, 2^64-1) is the wrapped query [2, 0]: it removes only "
+              "an entry holding both 0 and 2 (page 0). INVALIDATE(0, 2^64-1) = [0, 2^64-2] removes all.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.update(0, PG, U, c="page 0")
+    t.update(0x10000, PG, U + PG)
+    t.update(U64 - 0xFFF, PG, U + 2 * PG, c="last page")
+    t.inv(2, U64, c="[2, 0] wrapped: page 0 removed only")
+    t.update(0, PG, U + 3 * PG, c="ok")
+    t.update(0x10000, PG, U + 3 * PG, c="EFAULT (EEXIST)")
+    t.update(U64 - 0xFFF, PG, U + 3 * PG, c="EFAULT (EEXIST)")
+    t.inv(3, U64, c="[3, 1]: page 0 holds 1..3 -> removed")
+    t.update(0, 0x800, U + 3 * PG, c="ok: PA page 0; VA [0, 0x7ff]")
+    t.inv(0x800, U64, c="[0x800, 0x7fe]: PA page 0 holds both -> removed; VA [0, 0x7ff] does not hold "
+                       "0x800 -> kept")
+    t.update(0, PG, U + 3 * PG, c="PA: ok; VA: EFAULT (EEXIST)")
+    t.inv(1, U64, c="[1, 2^64-1], no wrap: everything")
+    t.update(0x10000, PG, U + 3 * PG, c="ok")
+    t.update(U64 - 0xFFF, PG, U + 3 * PG, c="ok")
+    t.inv(0, U64, c="[0, 2^64-2]: everything (the last page overlaps)")
+    t.release()
+    return t
+
+
+@trace
+def t_range_first_page():
+    t = Trace("range_first_page", ["range-get", "range-top", "eexist"],
+              "iova 0 is mappable (range.first = 0): page 0, byte 0; the first and last pages coexist.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.update(0, 1, U, c="byte 0: PA page 0; VA [0, 0]")
+    t.update(1, 1, U + 1, c="PA: EFAULT (EEXIST); VA: ok")
+    t.update(U64 - 0xFFF, PG, U + PG)
+    t.update(0, PG, U + 2 * PG, c="EFAULT (EEXIST) in both")
+    t.add("get_iova_range", c="[0, 2^64-1]")
+    t.inv(0, 0, c="all")
+    t.update(0, PG, U + 2 * PG, c="ok")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: overlap / batch
+@trace
+def t_eexist_in_batch():
+    t = Trace("eexist_in_batch", ["eexist", "batch", "unpin-failed"],
+              "Inside a batch the overlap check is immediate: EEXIST on the second UPDATE; the batch "
+              "stays open and BATCH_END hands set_map parents the entries that did go in.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.begin()
+    t.update(0x1000, 2 * PG, U)
+    t.update(0x2000, PG, U + 2 * PG, c="EFAULT (EEXIST), nothing pinned")
+    t.update(0x3000, PG, U + 3 * PG, c="ok: still in the batch")
+    t.end(c="one set_map (set_map parents)")
+    t.update(0x3000, PG, U + 3 * PG, c="EFAULT (EEXIST)")
+    t.release()
+    return t
+
+
+@trace
+def t_batch_on_as1():
+    t = Trace("batch_on_as1", ["batch", "as-lazy", "batch-asid"],
+              "A batch on AS 1 only: BATCH_BEGIN(1) creates AS 1; BATCH_END(1) -> set_map(1) (set_map "
+              "parents); AS 0 is never created.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.begin(1)
+    t.update(0x1000, PG, U, asid=1)
+    t.update(0x3000, 2 * PG, U + PG, asid=1)
+    t.inv(0x1000, PG, asid=1)
+    t.end(1)
+    t.inv(0x1000, PG, asid=0, c="EFAULT (EINVAL): AS 0 never created")
+    t.inv(0x3000, 2 * PG, asid=1)
+    t.release()
+    return t
+
+
+@trace
+def t_batch_v1_mismatch():
+    t = Trace("batch_v1_mismatch", ["batch-v1", "batch-asid", "wire-asid"],
+              "A v1 message is asid 0: while an AS-1 batch is open, v1 UPDATE/BATCH_BEGIN/BATCH_END "
+              "fail with EINVAL (mismatch).")
+    t.setup(ASIDF, mem=[(U, 2 * PG)])
+    t.begin(1)
+    t.update(0x1000, PG, U, version=1, c="EFAULT (EINVAL)")
+    t.begin(version=1, c="EFAULT (EINVAL)")
+    t.end(version=1, c="EFAULT (EINVAL)")
+    t.end(1)
+    t.update(0x1000, PG, U, version=1, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_batch_memlock_in_batch():
+    t = Trace("batch_memlock_in_batch", ["memlock", "batch", "unpin-failed"],
+              "ENOMEM (PA) inside a batch: the failing UPDATE leaves nothing, the batch goes on.")
+    t.setup(ASIDF, mem=[(U, 8 * PG)])
+    t.memlock(4)
+    t.begin()
+    t.update(0x1000, 3 * PG, U)
+    t.update(0x8000, 2 * PG, U + 3 * PG, c="PA: EFAULT (ENOMEM); VA: ok")
+    t.update(0xA000, PG, U + 5 * PG, c="PA: 4 pinned, ok")
+    t.end()
+    t.memlock("unlimited")
+    t.update(0x8000, 2 * PG, U + 3 * PG, c="PA: ok; VA: EFAULT (EEXIST)")
+    t.release()
+    return t
+
+
+@trace
+def t_batch_many_small():
+    t = Trace("batch_many_small", ["batch", "pin-count", "inv-multi"],
+              "A QEMU-like transaction of 64 one-page UPDATEs in one batch, then 64 INVALIDATEs in "
+              "another: set_map parents get one set_map per BATCH_END; VmPin 64 then 0.")
+    t.setup(ASIDF, mem=[(U, 64 * PG)])
+    t.begin()
+    for i in range(64):
+        t.update(0x100000 + i * 0x2000, PG, U + i * PG, perm="RO" if i % 3 == 0 else "RW")
+    t.end()
+    t.begin()
+    for i in range(64):
+        t.inv(0x100000 + i * 0x2000, PG)
+    t.end()
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: pins / memory
+@trace
+def t_pin_overlapping_uaddr():
+    t = Trace("pin_overlapping_uaddr", ["pin-twice", "pin-unpin-inv", "pin-count"],
+              "Two UPDATEs whose user ranges overlap by two pages: those pages are pinned twice "
+              "(VmPin 4 + 4 = 8), and unpinned once per entry.")
+    t.setup(ASIDF, mem=[(U, 6 * PG)])
+    t.update(0x10000, 4 * PG, U, c="8 in total after the next")
+    t.update(0x20000, 4 * PG, U + 2 * PG, c="VmPin 8 (PA)")
+    t.inv(0x10000, 4 * PG, c="4")
+    t.update(0x10000, 2 * PG, U + 4 * PG, asid=1, c="6")
+    t.release(c="0")
+    return t
+
+
+@trace
+def t_memlock_subpage_boundary():
+    t = Trace("memlock_subpage_boundary", ["memlock", "uaddr-offset", "page-expand"],
+              "The memlock check counts PFN_UP(size + (iova & 0xfff)): a 4 KiB UPDATE at iova offset "
+              "0x800 is 2 pages. Limit 2: it fits exactly, one more page does not.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.memlock(2)
+    t.update(0x1800, PG, U, c="2 pages: ok")
+    t.update(0x8000, 1, U + 2 * PG, c="PA: EFAULT (ENOMEM); VA: ok")
+    t.memlock(1)
+    t.inv(0x1800, PG, c="[0x1800, 0x27ff]: both pages (whatever the runs)")
+    t.update(0x1800, 0x800, U + 0x800, c="1 page: PA ok")
+    t.memlock("unlimited")
+    t.release()
+    return t
+
+
+@trace
+def t_memlock_release_frees():
+    t = Trace("memlock_release_frees", ["memlock", "pin-release", "release-reopen"],
+              "pinned_vm is the mm's: pins of a released fd no longer count against RLIMIT_MEMLOCK.")
+    t.setup(ASIDF, mem=[(U, 8 * PG)])
+    t.memlock(8)
+    t.update(0x1000, 8 * PG, U, c="8: limit reached (PA)")
+    t.update(0x20000, PG, U, c="PA: EFAULT (ENOMEM)")
+    t.release(c="VmPin 0")
+    t.open().owner().features(ASIDF)
+    t.update(0x20000, 8 * PG, U, c="ok: the old pins are gone")
+    t.memlock("unlimited")
+    t.release()
+    return t
+
+
+@trace
+def t_va_memfd_then_anon():
+    t = Trace("va_memfd_then_anon", ["va-vma", "va-anon", "pin-count"],
+              "One UPDATE over a memfd mapping followed by an adjacent anonymous one: VA maps only the "
+              "memfd piece (one entry for the first 2 pages); PA pins all 4 pages.")
+    t.setup(ASIDF, mem=[(U, 2 * PG, "memfd"), (U + 2 * PG, 2 * PG, "anon")])
+    t.update(0x10000, 4 * PG, U, c="VA: entry [0x10000, 0x11fff]; PA: 4 pages")
+    t.update(0x12000, 2 * PG, U, c="VA: ok; PA: EFAULT (EEXIST)")
+    t.update(0x11000, PG, U, c="EFAULT (EEXIST) in both")
+    t.inv(0x10000, 4 * PG)
+    t.update(0x20000, 4 * PG, U + 0x0, asid=1, c="same in AS 1")
+    t.release()
+    return t
+
+
+@trace
+def t_va_anon_then_memfd():
+    t = Trace("va_anon_then_memfd", ["va-vma", "va-anon"],
+              "Anonymous memory first, memfd after: VA maps the memfd piece at its iova offset "
+              "(iova + 2 pages) and leaves the first 2 pages of iova unmapped.")
+    t.setup(ASIDF, mem=[(U, 2 * PG, "anon"), (U + 2 * PG, 2 * PG, "memfd")])
+    t.update(0x10000, 4 * PG, U, c="VA: entry [0x12000, 0x13fff] only")
+    t.update(0x10000, 2 * PG, U + 2 * PG, c="VA: ok; PA: EFAULT (EEXIST)")
+    t.update(0x12000, PG, U + 2 * PG, c="EFAULT (EEXIST) in both")
+    t.inv(0x10000, 4 * PG)
+    t.release()
+    return t
+
+
+@trace
+def t_va_hole_between_memfds():
+    t = Trace("va_hole_between_memfds", ["va-vma", "pa-unmapped", "unpin-failed"],
+              "memfd | hole | memfd in one UPDATE. VA: entry 1 = the first memfd; find_vma(hole) returns "
+              "the second memfd, so entry 2 covers the hole and the second memfd. PA: the pin stops at "
+              "the hole -> ENOMEM (partial pin), nothing left.")
+    t.setup(ASIDF, mem=[(U, 2 * PG, "memfd"), (U + 4 * PG, 2 * PG, "memfd")])
+    t.update(0x10000, 6 * PG, U, c="PA: EFAULT (ENOMEM); VA: 2 entries")
+    t.update(0x12000, PG, U + 4 * PG, c="PA: ok; VA: EFAULT (EEXIST) (the hole piece is mapped)")
+    t.update(0x10000, PG, U, c="PA: ok; VA: EFAULT (EEXIST)")
+    t.inv(0, 0)
+    t.release()
+    return t
+
+
+@trace
+def t_munmap_partial():
+    t = Trace("munmap_partial", ["munmap", "va-vma", "pa-unmapped", "va-anon"],
+              "munmap of the middle of a memfd mapping splits the VMA: an UPDATE over the whole old "
+              "range then gives VA two entries (the hole is absorbed by the piece of the upper VMA) "
+              "and PA an ENOMEM (partial pin).")
+    t.setup(ASIDF, mem=[(U, 4 * PG, "memfd"), (U + 0x100000, PG, "anon")])
+    t.munmap(U + PG, PG)
+    t.update(0x10000, 4 * PG, U, c="PA: EFAULT (ENOMEM); VA: entries [0x10000, 0x10fff] and "
+                                   "[0x11000, 0x13fff]")
+    t.update(0x13000, PG, U + 3 * PG, c="PA: ok; VA: EFAULT (EEXIST)")
+    t.inv(0, 0)
+    t.munmap(U, 4 * PG)
+    t.update(0x10000, PG, U, c="PA: EFAULT (EFAULT); VA: ok, no entry (next VMA is anon)")
+    t.release()
+    return t
+
+
+@trace
+def t_munmap_remap_anon():
+    t = Trace("munmap_remap_anon", ["munmap", "va-anon", "va-vma", "pin-count"],
+              "The same user range first memfd, then (after munmap) anonymous: VA maps it the first "
+              "time and skips it the second; PA pins both times.")
+    t.setup(ASIDF, mem=[(U, 2 * PG, "memfd")])
+    t.update(0x10000, 2 * PG, U)
+    t.inv(0x10000, 2 * PG)
+    t.munmap(U, 2 * PG)
+    t.mmap(U, 2 * PG, "anon")
+    t.update(0x10000, 2 * PG, U, c="PA: ok (VmPin 2); VA: ok, no entry")
+    t.update(0x10000, 2 * PG, U, c="PA: EFAULT (EEXIST); VA: ok")
+    t.release()
+    return t
+
+
+@trace
+def t_pin_churn():
+    t = Trace("pin_churn", ["pin-count", "pin-unpin-inv", "eexist"],
+              "40 UPDATE / INVALIDATE cycles at the same iova with alternating perms and uaddrs: VmPin "
+              "goes 0 -> 2 -> 0 every time; no EEXIST.")
+    t.setup(ASIDF, mem=[(U, 8 * PG)])
+    for i in range(40):
+        t.update(0x40000, 2 * PG, U + (i % 4) * 2 * PG, perm=("RO", "RW", "WO", 0)[i % 4])
+        t.inv(0x40000 + (i % 2) * PG, 1, c="the run holding this page (PA) / the entry (VA)")
+        t.inv(0x40000, 2 * PG, c="the rest, if the runs were split")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: perms
+@trace
+def t_perm_subpage_and_as1():
+    t = Trace("perm_subpage_and_as1", ["perm", "pin-twice", "page-expand"],
+              "The same page with different perms in AS 0 (WO) and AS 1 (RO); a sub-page UPDATE with "
+              "perm 0xff; all accepted.")
+    t.setup(ASIDF, mem=[(U, 2 * PG)])
+    t.update(0x1000, PG, U, perm="WO")
+    t.update(0x1000, PG, U, perm="RO", asid=1)
+    t.update(0x3400, 0x100, U + PG + 0x400, perm=0xFF)
+    t.update(0x3000, 0x100, U + PG, perm=0x80, c="PA: EFAULT (EEXIST); VA: ok")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: ASIDs / groups
+@trace
+def t_asid_created_by_begin_only():
+    t = Trace("asid_created_by_begin_only", ["as-lazy", "batch-end-alone", "as-missing"],
+              "An AS created by BATCH_BEGIN alone (no UPDATE) exists: INVALIDATE and BATCH_END on it "
+              "succeed afterwards; INVALIDATE does not create one.")
+    t.setup(ASIDF)
+    t.inv(0x1000, PG, asid=1, c="EFAULT (EINVAL)")
+    t.begin(1)
+    t.end(1)
+    t.inv(0x1000, PG, asid=1, c="ok")
+    t.end(1, c="ok, no batch")
+    t.inv(0x1000, PG, asid=0, c="EFAULT (EINVAL)")
+    t.release()
+    return t
+
+
+@trace
+def t_group_asid_then_release():
+    t = Trace("group_asid_then_release", ["group-bounds", "vring-group", "release-reopen", "as-independent"],
+              "SET_GROUP_ASID state does not leak into a new fd's vhost ASes: after release and reopen "
+              "AS 1 does not exist even though the CVQ group was bound to it; the groups themselves are "
+              "fixed (GET_VRING_GROUP unchanged).")
+    t.setup(ASIDF, mem=[(U, PG)])
+    t.group_asid(1, 1)
+    t.update(0x1000, PG, U, asid=1)
+    t.release()
+    t.open().owner().features(ASIDF)
+    t.vring_group(2, c="1")
+    t.inv(0x1000, PG, asid=1, c="EFAULT (EINVAL)")
+    t.group_asid(1, 1, c="0")
+    t.group_asid(1, 1, c="0 again (idempotent)")
+    t.release()
+    return t
+
+
+@trace
+def t_group_asid_all_combinations():
+    t = Trace("group_asid_all_combinations", ["group-bounds", "group-busy", "status"],
+              "Every (group, asid) in [0, 4) x [0, 3) before and after DRIVER_OK: before, ENOBUFS for "
+              "group 3, EINVAL for group 2 or asid 2, else 0; after DRIVER_OK the same on 6.12, and "
+              "EBUSY instead of 0 on 7.2.")
+    t.setup(ASIDF)
+    for phase in ("before", "after"):
+        if phase == "after":
+            t.status(DRIVER_OK)
+        for g in range(4):
+            for a in range(3):
+                t.group_asid(g, a)
+    t.status(0)
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: status / reset
+@trace
+def t_status_reopen():
+    t = Trace("status_reopen", ["status", "release-reset", "release-reopen"],
+              "The status is reset at release/open: DRIVER_OK on one fd, 0 on the next. SET_STATUS "
+              "DRIVER_OK straight from 0 is accepted (only clearing bits is refused).")
+    t.setup(ASIDF)
+    t.status(DRIVER_OK, c="0 -> 0xf directly: ok")
+    t.get_status(c="0xf")
+    t.release()
+    t.open().get_status(c="0").owner().status(["DRIVER_OK"], c="0x4 alone: ok").get_status(c="4")
+    t.status(["ACKNOWLEDGE", "DRIVER_OK"]).get_status(c="5")
+    t.release()
+    return t
+
+
+@trace
+def t_reset_twice_and_zero():
+    t = Trace("reset_twice_and_zero", ["reset-flags", "reset-keeps-vhost", "status"],
+              "SET_STATUS(0) on a device already at status 0 still resets it (compat_reset(CLEAN_MAP) "
+              "without PERSIST) -- twice in a row; the vhost IOTLB never changes.")
+    t.setup(ASIDF, mem=[(U, PG)])
+    t.update(0x1000, PG, U)
+    t.status(0, c="compat_reset(1)")
+    t.status(0, c="compat_reset(1) again")
+    t.get_status(c="0")
+    t.update(0x1000, PG, U, c="EFAULT (EEXIST)")
+    t.release()
+    return t
+
+
+@trace
+def t_reset_persist_invalidate():
+    t = Trace("reset_persist_invalidate", ["reset-flags", "reset-device", "batch"],
+              "PERSIST acked: SET_STATUS(0) keeps the device maps (no pt), so an INVALIDATE afterwards "
+              "is a plain dma_unmap of that entry (dma_map parents) / set_map (set_map parents), in and "
+              "out of a batch.")
+    t.setup(PERSIST, mem=[(U, 4 * PG)])
+    t.update(0x1000, PG, U)
+    t.update(0x3000, PG, U + PG)
+    t.update(0x1000, PG, U + 2 * PG, asid=1)
+    t.status(DRIVER_OK)
+    t.status(0)
+    t.inv(0x1000, PG)
+    t.begin(1)
+    t.inv(0x1000, PG, asid=1)
+    t.end(1)
+    t.update(0x1000, PG, U + 3 * PG, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_reset_in_batch_persist():
+    t = Trace("reset_in_batch_persist", ["batch-reset", "reset-flags", "batch"],
+              "With PERSIST acked and a batch open on AS 1, SET_STATUS(0) leaves the batch open: a "
+              "message for AS 0 still fails; BATCH_END(1) then set_maps AS 1.")
+    t.setup(PERSIST, mem=[(U, 2 * PG)])
+    t.begin(1)
+    t.update(0x1000, PG, U, asid=1)
+    t.status(DRIVER_OK)
+    t.status(0)
+    t.update(0x1000, PG, U + PG, asid=0, c="EFAULT (EINVAL): batch still bound to AS 1")
+    t.end(1)
+    t.update(0x1000, PG, U + PG, asid=0, c="ok")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: suspend
+@trace
+def t_suspend_without_ack_and_resume_alone():
+    t = Trace("suspend_resume_unacked", ["suspend-call", "suspend-noop", "feat-any"],
+              "Nothing acked at all: SUSPEND/RESUME still call the parent once DRIVER_OK is set; "
+              "RESUME without a prior SUSPEND also calls it.")
+    t.setup(None)
+    t.status(DRIVER_OK)
+    t.resume(c="0, parent resume (never suspended)")
+    t.suspend(c="0, parent suspend")
+    t.status(DRIVER_OK + ["NEEDS_RESET"])
+    t.suspend(c="0, parent suspend")
+    t.status(0)
+    t.suspend(c="0, no parent call")
+    t.release()
+    return t
+
+
+@trace
+def t_suspend_then_reset_and_release():
+    t = Trace("suspend_then_release", ["suspend-call", "suspend-maps", "release-reset", "pin-release"],
+              "Suspended with mappings in both ASes, then released: release resets (clearing "
+              "suspended) and removes both ASes, VmPin 0.")
+    t.setup(QEMU, mem=[(U, 4 * PG)])
+    t.update(0x1000, 2 * PG, U)
+    t.update(0x1000, 2 * PG, U + 2 * PG, asid=1)
+    t.status(DRIVER_OK)
+    t.suspend()
+    t.update(0x10000, PG, U, c="ok while suspended")
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: GET ioctls
+@trace
+def t_get_ioctls_states():
+    t = Trace("get_ioctls_states", ["get-nums", "range-get", "feat-get", "status"],
+              "GET_IOVA_RANGE, GET_AS_NUM, GET_GROUP_NUM, GET_VQS_COUNT, GET_BACKEND_FEATURES do not "
+              "change with the state: before owner, after features, at DRIVER_OK, after reset, after "
+              "reopen.")
+    t.open().gets(c="before owner").get_features()
+    t.owner().features(PERSIST).gets()
+    t.status(DRIVER_OK).gets().get_features()
+    t.status(0).gets()
+    t.release()
+    t.open().owner().gets().get_features()
+    t.release()
+    return t
+
+
+# ---------------------------------------------------------------- more: QEMU-like
+@trace
+def t_qemu_persist_skip():
+    t = Trace("qemu_persist_skip", ["qemu", "reset-flags", "reset-keeps-vhost", "pin-count", "suspend-call"],
+              "What IOTLB_PERSIST would let a VMM do (§6.4): stop (SUSPEND, SET_STATUS(0)) and start "
+              "again without the INVALIDATE-all / UPDATE-all cycle: the vhost entries and the pins "
+              "stay throughout; with PERSIST the device kept its maps too (plain reset).")
+    t.setup(QEMU + ["IOTLB_PERSIST"], mem=[(U, 2 * MiB)])
+    t.status(ACK_DRIVER).status(FEAT_OK)
+    t.begin()
+    t.update(0, 0xA0000, U)
+    t.update(0x100000, 0x100000, U + 0x100000)
+    t.end()
+    t.status(DRIVER_OK)
+    t.suspend()
+    t.status(0, c="reset() -- PERSIST")
+    t.status(ACK_DRIVER).status(FEAT_OK).status(DRIVER_OK, c="start without re-mapping")
+    t.update(0, 0xA0000, U, c="EFAULT (EEXIST): still mapped")
+    t.release()
+    return t
+
+
+@trace
+def t_qemu_no_batch():
+    t = Trace("qemu_no_batch", ["qemu", "batch", "wire-v1v2"],
+              "An old VMM that acks only IOTLB_MSG_V2 (no BATCH): every listener UPDATE / INVALIDATE "
+              "is sent unbatched (set_map parents get a set_map per message).")
+    t.setup(["IOTLB_MSG_V2"], mem=[(U, 2 * MiB), (U + 0x1000000, 0x40000)])
+    t.status(ACK_DRIVER).status(FEAT_OK)
+    t.update(0, 0xA0000, U)
+    t.update(0xC0000, 0x20000, U + 0x1000000, perm="RO")
+    t.update(0x100000, 0x100000, U + 0x100000)
+    t.update(0xFFFC0000, 0x40000, U + 0x1000000, perm="RO", c="same ROM pages at a second iova")
+    t.status(DRIVER_OK)
+    t.status(0)
+    t.status(ACK_DRIVER)
+    t.inv(0, 0xA0000)
+    t.inv(0xC0000, 0x20000)
+    t.inv(0x100000, 0x100000)
+    t.inv(0xFFFC0000, 0x40000)
+    t.release()
+    return t
+
+
+@trace
+def t_qemu_viommu_small():
+    t = Trace("qemu_viommu_small", ["qemu", "inv-whole", "eexist", "perm"],
+              "A guest vIOMMU: unbatched UPDATE / INVALIDATE per guest map/unmap at IOVAs unrelated to "
+              "the guest-physical layout, RO and RW, with a re-map of a still-mapped IOVA (EEXIST) and "
+              "an unmap of an unmapped one (no-op).")
+    t.setup(QEMU, mem=[(U, 64 * PG)])
+    t.status(ACK_DRIVER).status(FEAT_OK).status(DRIVER_OK)
+    iova = 0x10000000
+    for i in range(12):
+        t.update(iova + i * 0x10000, (1 + i % 3) * PG, U + (i * 5 % 60) * PG,
+                 perm="RO" if i % 2 else "RW")
+    t.update(iova + 0x10000, PG, U, c="EFAULT (EEXIST)")
+    for i in range(0, 12, 2):
+        t.inv(iova + i * 0x10000, (1 + i % 3) * PG)
+    t.inv(iova + 0x200000, PG, c="nothing there: ok")
+    for i in range(0, 12, 2):
+        t.update(iova + i * 0x10000, PG, U + i * PG)
+    t.inv(iova, 0x200000)
+    t.release()
+    return t
+
+
+@trace
+def t_qemu_shadow_data():
+    t = Trace("qemu_shadow_data", ["qemu", "as-independent", "group-bounds", "batch"],
+              "Shadow data virtqueues: guest RAM mapped at IOVAs allocated first-fit from 0x1000 (not "
+              "at GPAs), SVQ rings in the same AS, the CVQ in AS 1; then a stop that unmaps all.")
+    t.setup(QEMU, mem=[(U, 2 * MiB), (U + 0x1000000, 8 * PG)])
+    t.status(ACK_DRIVER).status(FEAT_OK)
+    t.vring_group(2).group_asid(1, 1)
+    t.begin()
+    t.update(0x1000, 0xA0000, U, c="ram-low at IOVA 0x1000")
+    t.update(0xA1000, 0x100000, U + 0x100000, c="ram-below-4g next")
+    t.end()
+    t.update(0x1A1000, PG, U + 0x1000000, perm="RO", c="SVQ rx ring")
+    t.update(0x1A2000, PG, U + 0x1001000, c="SVQ rx used")
+    t.update(0x1000, PG, U + 0x1002000, perm="RO", asid=1)
+    t.update(0x2000, PG, U + 0x1003000, asid=1)
+    t.status(DRIVER_OK)
+    t.suspend()
+    t.status(0)
+    t.inv(0x1A1000, 2 * PG)
+    t.inv(0x1000, 2 * PG, asid=1)
+    t.begin()
+    t.inv(0x1000, 0xA0000)
+    t.inv(0xA1000, 0x100000)
+    t.end()
+    t.release()
+    return t
+
+
+@trace
+def t_qemu_hot_resize():
+    t = Trace("qemu_hot_resize", ["qemu", "batch", "inv-whole", "pin-count"],
+              "A memory transaction that replaces a section by a bigger one (old deleted before new "
+              "added, §6.3) and one that adds a DIMM, all in batches.")
+    t.setup(QEMU, mem=[(U, 4 * MiB)])
+    t.begin()
+    t.update(0x100000, 0x100000, U + 0x100000)
+    t.end()
+    t.status(DRIVER_OK)
+    t.begin()
+    t.inv(0x100000, 0x100000)
+    t.update(0x100000, 0x200000, U + 0x100000, c="resized")
+    t.end()
+    t.begin()
+    t.update(0x100000000, 0x100000, U + 0x300000, c="DIMM")
+    t.end()
+    t.begin()
+    t.inv(0x100000000, 0x100000)
+    t.end()
+    t.release()
+    return t
+
+
+@trace
+def t_rust_vmm_style():
+    t = Trace("rust_vmm_style", ["wire-v1v2", "wire-asid", "qemu"],
+              "rust-vmm vhost style: v1 messages when IOTLB_MSG_V2 is not acked, asid always 0, no "
+              "batching, one UPDATE / INVALIDATE per dma_map/dma_unmap.")
+    t.setup([], mem=[(U, 16 * PG)])
+    t.add("get_iova_range").add("get_as_num").add("get_group_num")
+    for i in range(6):
+        t.update(0x100000 + i * 0x4000, 2 * PG, U + i * 2 * PG, perm="RO" if i == 3 else "RW", version=1)
+    for i in range(6):
+        t.inv(0x100000 + i * 0x4000, 2 * PG, version=1)
+    t.release()
+    return t
+
+
+@trace
+def t_invalidate_twice():
+    t = Trace("invalidate_twice", ["inv-whole", "batch"],
+              "The same INVALIDATE twice: the second removes nothing and still succeeds; set_map "
+              "parents get a set_map for each (unbatched), dma_map parents a dma_unmap only the first "
+              "time.")
+    t.setup(ASIDF, mem=[(U, PG)])
+    t.update(0x1000, PG, U)
+    t.inv(0x1000, PG)
+    t.inv(0x1000, PG, c="no-op, 72; set_map parents: set_map again")
+    t.inv(0, 0, c="no-op")
+    t.release()
+    return t
+
+
+@trace
+def t_eexist_caller_range():
+    t = Trace("eexist_caller_range", ["eexist", "page-expand"],
+              "The overlap test uses the caller's unaligned [iova, iova+size-1] against page-expanded "
+              "(PA) or exact (VA) entries: after UPDATE(0x1800, 0x800) PA holds [0x1000, 0x1fff], VA "
+              "[0x1800, 0x1fff]; UPDATE(0x800, 0x800) = [0x800, 0xfff] touches neither (PA maps page 0), "
+              "UPDATE(0, 0x800) then conflicts in PA only, UPDATE(0xfff, 2) in both.")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.update(0x1800, 0x800, U + PG + 0x800)
+    t.update(0x800, 0x800, U + 0x800, c="ok in both (PA: page 0 = [0, 0xfff])")
+    t.update(0, 0x800, U, c="PA: EFAULT (EEXIST); VA: ok")
+    t.update(0xFFF, 2, U + 0xFFF, c="EFAULT (EEXIST) in both")
+    t.update(0x2000, 0x10, U + 2 * PG, c="ok in both")
+    t.update(0x1FFF, 1, U + PG + 0xFFF, c="EFAULT (EEXIST) in both")
+    t.release()
+    return t
+
+
+@trace
+def t_inv_huge_sizes():
+    t = Trace("inv_huge_sizes", ["inv-wrap", "inv-whole", "full-space"],
+              "INVALIDATEs with huge sizes: (0x1000, 2^64-0x1000) = [0x1000, 2^64-1] (no wrap) removes "
+              "all but page 0; (2^63, 2^63+1) wraps to [2^63, 0] and removes only an entry holding both "
+              "0 and 2^63 (none).")
+    t.setup(ASIDF, mem=[(U, 4 * PG)])
+    t.update(0, PG, U)
+    t.update(H, PG, U + PG)
+    t.update(U64 - 0xFFF, PG, U + 2 * PG)
+    t.inv(H, H + 1, c="[2^63, 0] wrapped: nothing")
+    t.update(H, PG, U + 3 * PG, c="EFAULT (EEXIST)")
+    t.inv(0x1000, U64 - 0xFFF, c="[0x1000, 2^64-1]: 2^63 and the last page")
+    t.update(H, PG, U + 3 * PG, c="ok")
+    t.update(0, PG, U + 3 * PG, c="EFAULT (EEXIST): page 0 stays")
+    t.inv(0, 1, c="page 0")
+    t.inv(H - 0x1000, 0x1001, c="[2^63-0x1000, 2^63]: the page at 2^63")
+    t.update(0, 2 * PG, U, c="ok")
+    t.release()
+    return t
+
+
+@trace
+def t_batch_without_ack():
+    t = Trace("batch_without_ack", ["batch", "feat-any", "batch-asid"],
+              "vhost-vdpa never checks IOTLB_BATCH: with no backend feature acked, BATCH_BEGIN/END "
+              "still defer set_map to BATCH_END and bind the batch to AS 0.")
+    t.setup([], mem=[(U, 4 * PG)])
+    t.begin()
+    t.update(0x1000, PG, U)
+    t.update(0x3000, PG, U + PG)
+    t.end(c="one set_map (set_map parents)")
+    t.begin()
+    t.inv(0x1000, 0x3000)
+    t.end()
+    t.release()
+    return t
+
+
+@trace
+def t_asid_only_ack():
+    t = Trace("asid_only_ack", ["wire-asid", "feat-any", "as-nas"],
+              "IOTLB_ASID acked alone (no IOTLB_MSG_V2): the v2 asid is read all the same.")
+    t.setup(["IOTLB_ASID"], mem=[(U, 2 * PG)])
+    t.update(0x1000, PG, U, asid=1, c="AS 1")
+    t.inv(0x1000, PG, asid=0, c="EFAULT (EINVAL): no AS 0")
+    t.update(0x1000, PG, U + PG, asid=2, c="EFAULT (EINVAL)")
+    t.release()
+    return t
+
+
 # ============================================================================ scenarios
 SCENARIO_GUEST = "4M"
 

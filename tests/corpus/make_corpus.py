@@ -251,6 +251,18 @@ class Trace:
     def release(self, c=None):
         return self.add("release", c)
 
+    def finish(self) -> "Trace":
+        """A trace that changed RLIMIT_MEMLOCK puts the guest default (2048 pages) back
+        right before its final release."""
+        if any(op["op"] == "memlock" for op in self.ops):
+            last = self.ops[-1]
+            if last["op"] == "release" and not (
+                    self.ops[-2]["op"] == "memlock" and self.ops[-2].get("pages") == DEFAULT_MEMLOCK_PAGES):
+                self.ops.insert(len(self.ops) - 1, {
+                    "op": "memlock", "pages": DEFAULT_MEMLOCK_PAGES,
+                    "comment": "back to the guest default (8 MiB)"})
+        return self
+
     def owner(self, c=None):
         return self.add("set_owner", c)
 
@@ -839,9 +851,9 @@ def t_range_huge_update():
     t.update(1, U64, U, c="PA: EFAULT (EINVAL: size > ULONG_MAX - 1); VA: EFAULT (EINVAL)")
     t.update(0, H, U, c="[0, 2^63): PA: EFAULT (ENOMEM, 2^51 pages > RLIMIT_MEMLOCK); VA: EFAULT (EINVAL)")
     t.update(0x1000, PG, U, c="ok: nothing was left behind at 0x1000 (AS 0 exists since the first try)")
-    t.inv(0, 0)
+    t.inv(0, U64)
     t.update(0, U64, U, asid=1, c="creates AS 1 then fails")
-    t.inv(0, 0, asid=1, c="ok: AS 1 exists")
+    t.inv(0, U64, asid=1, c="ok: AS 1 exists")
     t.release()
     return t
 
@@ -1049,7 +1061,7 @@ def t_pin_runs_big_update():
     t.update(0x50000000, PG, U + 8 * MiB, c="PA: EFAULT (ENOMEM): 2049 > 2048; VA: ok")
     t.inv(0x40000000, PG, c="PA: removes the first run")
     t.update(0x50000000, PG, U + 8 * MiB, c="PA: ok now (VA: EFAULT (EEXIST))")
-    t.inv(0, 0)
+    t.inv(0, U64)
     t.release()
     return t
 
@@ -1158,7 +1170,7 @@ def t_unmapped_user_memory():
     t.update(0x6000, PG, U + 0x20000, c="same again: PA EFAULT (EFAULT); VA ok")
     t.update(0x8000, 0xF1000, U + 0x10000, c="memfd + hole up to the guard: PA EFAULT (ENOMEM); VA ok "
                                               "(one entry for the memfd page)")
-    t.inv(0, 0)
+    t.inv(0, U64)
     t.release()
     return t
 
@@ -1204,7 +1216,7 @@ def _limit_trace(name, rules, comment, *, asid, extra_as=False, batch=False):
     t.inv(0x1000000 + 5 * 0x2000, PG, asid=asid, c="frees one entry")
     t.update(0x1000000 + 2048 * 0x2000, PG, U + 2048 * PG, asid=asid, c="ok: 2048 again")
     t.update(0x1000000 + 5 * 0x2000, PG, U + 5 * PG, asid=asid, c="EFAULT (ENOSPC)")
-    t.inv(0, 0, asid=asid, c="size-0 INVALIDATE at 0: all 2048 go (VmPin drops by 2048 in PA)")
+    t.inv(0, U64, asid=asid, c="[0, 2^64-2]: all 2048 go (VmPin drops by 2048 in PA)")
     t.update(0x1000000 + 5 * 0x2000, PG, U + 5 * PG, asid=asid, c="ok")
     t.release()
     return t
@@ -1213,7 +1225,7 @@ def _limit_trace(name, rules, comment, *, asid, extra_as=False, batch=False):
 @trace
 def t_limit_2048_as0():
     return _limit_trace(
-        "limit_2048_as0", ["limit-2048", "size0-inv-0", "memlock"],
+        "limit_2048_as0", ["limit-2048", "inv-multi", "memlock"],
         "2048 one-page UPDATEs at non-adjacent iovas (one entry each in every config) fill AS 0; the "
         "2049th fails with ENOSPC (EFAULT at write) and pins nothing; removing one entry makes room "
         "for exactly one more.", asid=0)
@@ -1222,7 +1234,7 @@ def t_limit_2048_as0():
 @trace
 def t_limit_2048_per_as():
     return _limit_trace(
-        "limit_2048_per_as", ["limit-2048", "limit-per-as", "size0-inv-0", "memlock"],
+        "limit_2048_per_as", ["limit-2048", "limit-per-as", "memlock"],
         "The 2048-entry limit is per AS: AS 1 full (2049th -> ENOSPC) while AS 0 still takes "
         "entries.", asid=1, extra_as=True)
 
@@ -1940,7 +1952,7 @@ def t_range_first_page():
     t.update(U64 - 0xFFF, PG, U + PG)
     t.update(0, PG, U + 2 * PG, c="EFAULT (EEXIST) in both")
     t.add("get_iova_range", c="[0, 2^64-1]")
-    t.inv(0, 0, c="all")
+    t.inv(0, U64, c="all")
     t.update(0, PG, U + 2 * PG, c="ok")
     t.release()
     return t
@@ -2118,7 +2130,7 @@ def t_va_hole_between_memfds():
     t.update(0x10000, 6 * PG, U, c="PA: EFAULT (ENOMEM); VA: 2 entries")
     t.update(0x12000, PG, U + 4 * PG, c="PA: ok; VA: EFAULT (EEXIST) (the hole piece is mapped)")
     t.update(0x10000, PG, U, c="PA: ok; VA: EFAULT (EEXIST)")
-    t.inv(0, 0)
+    t.inv(0, U64)
     t.release()
     return t
 
@@ -2134,7 +2146,7 @@ def t_munmap_partial():
     t.update(0x10000, 4 * PG, U, c="PA: EFAULT (ENOMEM); VA: entries [0x10000, 0x10fff] and "
                                    "[0x11000, 0x13fff]")
     t.update(0x13000, PG, U + 3 * PG, c="PA: ok; VA: EFAULT (EEXIST)")
-    t.inv(0, 0)
+    t.inv(0, U64)
     t.munmap(U, 4 * PG)
     t.update(0x10000, PG, U, c="PA: EFAULT (EFAULT); VA: ok, no entry (next VMA is anon)")
     t.release()
@@ -2496,7 +2508,7 @@ def t_rust_vmm_style():
 
 @trace
 def t_invalidate_twice():
-    t = Trace("invalidate_twice", ["inv-whole", "batch"],
+    t = Trace("invalidate_twice", ["inv-whole", "batch", "size0-inv-0"],
               "The same INVALIDATE twice: the second removes nothing and still succeeds; set_map "
               "parents get a set_map for each (unbatched), dma_map parents a dma_unmap only the first "
               "time.")
@@ -2754,7 +2766,7 @@ def _scenario_line(op: dict) -> dict:
 def build(out_dir: str, *, write: bool = True) -> dict:
     hand = []
     for fn in TRACES:
-        t = fn()
+        t = fn().finish()
         hand.append(t)
     names = [t.name for t in hand]
     if len(names) != len(set(names)):

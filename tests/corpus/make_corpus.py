@@ -2841,21 +2841,29 @@ def readme(hand: List[Trace], scen, stats) -> str:
     out.append("The scenario recordings additionally cover the QEMU-like sequences "
                "(`§6 scenario library: <name>` in their meta lines).\n")
     out.append("## Traces\n")
-    out.append("| trace | ops | user memory | memlock op |")
-    out.append("|---|---:|---:|---|")
+    out.append("| trace | what it does | ops | user memory | memlock op |")
+    out.append("|---|---|---:|---:|---|")
     for t in hand:
         s = stats[t.name]
-        out.append(f"| `{t.name}` | {s['ops']} | {s['mapped'] // KiB} KiB | "
-                   f"{'yes' if s['memlock'] else ''} |")
-    for n, _ in scen:
+        out.append(f"| `{t.name}` | {_first_sentence(t.ops[0]['comment'])} | {s['ops']} | "
+                   f"{s['mapped'] // KiB} KiB | {'yes' if s['memlock'] else ''} |")
+    for n, lines in scen:
         s = stats["scenarios/" + n]
-        out.append(f"| `scenarios/{n}` | {s['ops']} | {s['mapped'] // KiB} KiB (implicit) | |")
+        cells = lines[0]["comment"].split("for the cells: ", 1)[1].split(". Backend", 1)[0]
+        out.append(f"| `scenarios/{n}` | recorded from: {cells} | {s['ops']} | "
+                   f"{s['mapped'] // KiB} KiB (implicit) | |")
     out.append("")
     out.append("## What the traces cannot express\n")
     for item in NOT_EXPRESSIBLE:
         out.append(f"* {item}")
     out.append("")
     return "\n".join(out)
+
+
+def _first_sentence(text: str) -> str:
+    cut = text.find(". ")
+    out = text if cut < 0 else text[:cut + 1]
+    return out.replace("|", "\\|")
 
 
 NOT_EXPRESSIBLE = [

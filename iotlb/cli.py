@@ -575,6 +575,23 @@ def cmd_replay(args) -> int:
     return status
 
 
+# ======================================================================= conform
+def cmd_conform(args) -> int:
+    from . import conform
+
+    def backend_spec(spec: str):
+        name, _, rest = spec.partition(":")
+        options = _parse_options(_split_commas(rest), "--backend") if rest else {}
+        if name not in _available():
+            raise _unknown_backend(name)
+        return name, lambda **o: _make_backend(name, o), options
+
+    try:
+        return conform.cmd(args, backend_spec)
+    except conform.ConformError as exc:
+        raise CLIError(str(exc)) from None
+
+
 # ======================================================================= others
 def cmd_bench(argv: List[str]) -> int:
     try:
@@ -680,6 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the trace of what was sent (.bin: binary, else JSON Lines)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress indicator")
     r.set_defaults(func=cmd_replay)
+
+    from .conform import HELP as _CONFORM_HELP, add_arguments as _conform_arguments
+
+    c = sub.add_parser("conform", help="check the model against a real vhost-vdpa device",
+                       description=_CONFORM_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _conform_arguments(c)
+    c.set_defaults(func=cmd_conform)
 
     b = sub.add_parser("bench", help="quick side-by-side speed run (iotlb.bench)",
                        add_help=False)

@@ -28,7 +28,7 @@ A trace is a sequence of *operations*.  An operation is a plain ``dict`` with an
 ``mmap``                  ``uaddr size`` ``kind`` (memfd) ``pa`` (none)        memory
 ``munmap``                ``uaddr size``                                       memory
 ``memlock``               ``pages`` (a count or ``"unlimited"``)               memory
-``meta``                  ``rules`` (a list of strings)                        --
+``meta``                  ``rules`` (strings) ``recorded`` (an object)         --
 ========================  ==================================================  ======
 
 The four message operations may also carry ``"version": 1`` (a v1 ``struct
@@ -45,7 +45,8 @@ User memory: ``mmap`` declares real memory of the owner at ``uaddr`` -- ``kind``
 contiguous runs as the kernel did).  The first ``mmap`` makes memory strict: only
 declared memory exists.  Without any, the model's memory is one implicit shared
 mapping.  ``memlock`` sets ``RLIMIT_MEMLOCK`` in pages.  ``meta`` does nothing: a
-trace's first line names the rules it checks there.
+trace's first line names the rules it checks there; a trace recorded from a real
+device says in ``recorded`` where (kernel release, model profile, backend and options).
 
 Expectations: any operation may carry ``"expect"``, what a real kernel answered (see
 :mod:`iotlb.expect`): ``ret``, ``errno`` (a name, or null), ``value``, ``vmpin``
@@ -123,7 +124,7 @@ _MSG_TYPE = {"update": wire.VHOST_IOTLB_UPDATE, "invalidate": wire.VHOST_IOTLB_I
 # field kinds: (top, parser name)
 _U64, _U32, _U8, _PERM, _FEAT, _STATUS, _HEX, _VER = (
     "u64", "u32", "u8", "perm", "features", "status", "hex", "version")
-_KIND, _PLACE, _PAGES, _RULES = "kind", "placement", "pages", "rules"
+_KIND, _PLACE, _PAGES, _RULES, _OBJ = "kind", "placement", "pages", "rules", "object"
 
 #: ``mmap`` kinds: shared memfd memory (QEMU's memory-backend-memfd) or private
 #: anonymous memory.
@@ -156,7 +157,7 @@ OPS: Dict[str, tuple] = {
     "mmap": ({"uaddr": _U64, "size": _U64}, {"kind": (_KIND, "memfd"), "pa": (_PLACE, None)}),
     "munmap": ({"uaddr": _U64, "size": _U64}, {}),
     "memlock": ({"pages": _PAGES}, {}),
-    "meta": ({}, {"rules": (_RULES, None)}),
+    "meta": ({}, {"rules": (_RULES, None), "recorded": (_OBJ, None)}),
 }
 #: Operations that are a ``write()`` of a message.
 MESSAGE_OPS = frozenset(("update", "invalidate", "batch_begin", "batch_end", "write"))
@@ -303,6 +304,10 @@ def _field(name: str, kind: str, value: Any):
         if value == "unlimited" or value is None:
             return None
         return _ranged(name, value, U64, "2**64-1")
+    if kind == _OBJ:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"field {name!r} must be an object")
+        return value
     if kind == _RULES:
         if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
             raise ValueError(f"field {name!r} must be a list of strings")
@@ -399,7 +404,7 @@ def to_json(op: dict) -> str:
                 out[key] = [[hex(o), hex(p), hex(n)] for o, p, n in value]
         elif key == "pages":
             out[key] = "unlimited" if value is None else value
-        elif key == "rules":
+        elif key in ("rules", "recorded"):
             if value is not None:
                 out[key] = value
         elif key == "expect":

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""The real-kernel conformance run: the corpus on real kernels, compared with the model.
+
+    python3 tests/kernel/conformance.py [--kernel 6.12,7.2] [--config all]
+                                        [--record DIR] [--doc docs/conformance.md]
+
+For every kernel x vdpa_sim configuration (batch_mapping 0/1 x use_va 0/1) it boots
+the kernel with tests/kernel/lab.py, and inside the guest runs
+``iotlb conform --json`` over the corpus (tests/corpus) on /dev/vhost-vdpa-0: the same
+command a user runs on real hardware.  It prints one PASS/FAIL line per kernel x
+configuration, the differing ops of every failing trace (kernel answer, model
+answer), and a closing ``conformance: N passed, M failed`` line; the exit status is 1
+on any difference or failed boot.
+
+``--record DIR`` also keeps every trace with the kernel's answers as expectations
+(DIR/KERNEL/CONFIG/*.jsonl, replayable with ``iotlb replay``); ``--doc FILE`` rewrites
+the results table between the markers in FILE.  Needs root and what lab.py needs
+(see tests/kernel/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+LAB = HERE / "lab.py"
+CONFIGS = {f"b{b}v{v}": {"batch_mapping": b, "use_va": v} for b in (1, 0) for v in (0, 1)}
+DEFAULT_KERNELS = ("6.12", "7.2")
+DOC_BEGIN = "<!-- conformance-table: begin (tests/kernel/conformance.py --doc) -->"
+DOC_END = "<!-- conformance-table: end -->"
+
+
+def config_text(name: str) -> str:
+    c = CONFIGS[name]
+    return f"batch_mapping={c['batch_mapping']} use_va={c['use_va']}"
+
+
+def run_cell(kernel: str, config: str, corpus: list, venv: Path, out: Path,
+             record: Path | None, timeout: float) -> dict:
+    """Boot ``kernel`` with vdpa_sim ``config`` and run the corpus; the parsed JSON of
+    ``iotlb conform`` (or a failure record)."""
+    result = out / f"{kernel}-{config}.json"
+    log = out / f"{kernel}-{config}.log"
+    conform = [str(venv / "bin" / "iotlb"), "conform", "--json"]
+    if record is not None:
+        rec = record / kernel / config
+        if rec.exists():
+            shutil.rmtree(rec)
+        rec.mkdir(parents=True)
+        conform += ["--record", str(rec)]
+    conform += [str(p) for p in corpus]
+    job = " ".join(_q(a) for a in conform) + f" > {_q(str(result))}"
+    rw = [str(out)] + ([str(record)] if record is not None else [])
+    cmd = [sys.executable, str(LAB), "run", "--kernel", kernel, "--vdpa-sim",
+           config_text(config), "--timeout", str(timeout)]
+    for d in rw:
+        cmd += ["--rw", d]
+    cmd += ["--cwd", str(ROOT), "--", "sh", "-c", job]
+    t0 = time.monotonic()
+    with open(log, "wb") as fp:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=fp, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - t0
+    try:
+        data = json.loads(result.read_text())
+    except (OSError, ValueError) as exc:
+        return {"ok": False, "seconds": seconds, "boot_error": True,
+                "error": f"no result ({type(exc).__name__}); lab exit {proc.returncode}; "
+                         f"log:\n" + _tail(log)}
+    data["seconds"] = seconds
+    data["lab_exit"] = proc.returncode
+    return data
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "'\\''") + "'" if re.search(r"[^\w@%+=:,./-]", s) else s
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _show(v) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(x if isinstance(x, str) else hex(x) for x in v) + "]"
+    return "none" if v is None else str(v)
+
+
+def report(kernel: str, config: str, data: dict, max_diffs: int) -> None:
+    label = f"{kernel:4} {config_text(config)}"
+    if data.get("boot_error"):
+        print(f"FAIL {label}: {data['error']}")
+        return
+    ok = data.get("ok") and data.get("failed") == 0
+    print(f"{'PASS' if ok else 'FAIL'} {label}: {data['traces']} traces, {data['ops']} ops, "
+          f"{data['agreed']} agreed, {data['differing']} differing, {data['errors']} could "
+          f"not run ({data['release']}; profile {data['kernel_profile']}; kprobes: "
+          f"{data['kprobes']}; {data['seconds']:.0f} s)")
+    for r in data["results"]:
+        if r["ok"]:
+            continue
+        if r["error"]:
+            print(f"  {r['trace']}: {r['error']}")
+        for d in r["differences"][:max_diffs]:
+            where = f"line {d['line']}" if d.get("line") else f"op {d['index']}"
+            print(f"  {r['trace']}:{where}: {d['op']}")
+            for key in d["keys"]:
+                print(f"    - kernel {key}: {_show(d['kernel'][key])}")
+                print(f"    + model  {key}: {_show(d['model'].get(key))}")
+        if len(r["differences"]) > max_diffs:
+            print(f"  {r['trace']}: ... {len(r['differences']) - max_diffs} more")
+
+
+def doc_table(cells: list) -> str:
+    head = ("| kernel | Debian version | configuration | traces | ops | agreed | differing | "
+            "could not run | kprobes |\n|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for kernel, config, d in cells:
+        if d.get("boot_error"):
+            rows.append(f"| {kernel} | - | {config_text(config)} | boot failed | | | | | |")
+            continue
+        rows.append(f"| {kernel} | {d['release']} | {config_text(config)} | {d['traces']} | "
+                    f"{d['ops']} | {d['agreed']} | {d['differing']} | {d['errors']} | "
+                    f"{'yes' if 'parent ops' in d['kprobes'] else d['kprobes']} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def write_doc(path: Path, table: str) -> None:
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise SystemExit(f"{path}: no {DOC_BEGIN!r} ... {DOC_END!r} markers")
+    before, rest = text.split(DOC_BEGIN, 1)
+    _, after = rest.split(DOC_END, 1)
+    path.write_text(before + DOC_BEGIN + "\n" + table + DOC_END + after)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
+                    help="comma-separated lab kernels (default: %(default)s)")
+    ap.add_argument("--config", default="all",
+                    help=f"comma-separated of {', '.join(CONFIGS)} or all (b=batch_mapping, "
+                         "v=use_va)")
+    ap.add_argument("--corpus", action="append",
+                    help="traces or directories (default: tests/corpus)")
+    ap.add_argument("--venv", default=str(ROOT / ".venv"),
+                    help="the venv with iotlb installed (default: %(default)s)")
+    ap.add_argument("--record", metavar="DIR", help="keep the traces with the kernel's answers")
+    ap.add_argument("--doc", metavar="FILE", help="rewrite the results table in FILE")
+    ap.add_argument("--json", metavar="FILE", help="write every cell's result as JSON")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per boot")
+    ap.add_argument("--max-diffs", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    kernels = [k for k in args.kernel.split(",") if k]
+    configs = list(CONFIGS) if args.config == "all" else args.config.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            ap.error(f"unknown configuration {c!r} (known: {', '.join(CONFIGS)})")
+    corpus = [Path(p).resolve() for p in (args.corpus or [str(ROOT / "tests" / "corpus")])]
+    for p in corpus:
+        if not p.exists():
+            ap.error(f"{p} does not exist")
+    venv = Path(args.venv).resolve()
+    if not (venv / "bin" / "iotlb").exists():
+        ap.error(f"{venv}/bin/iotlb not found: install the project into that venv first")
+    record = Path(args.record).resolve() if args.record else None
+    if record is not None:
+        record.mkdir(parents=True, exist_ok=True)
+    # outside /tmp: the guest mounts a tmpfs there
+    out = Path(tempfile.mkdtemp(prefix="conformance-", dir=str(ROOT)))
+    cells = []
+    try:
+        for kernel in kernels:
+            for config in configs:
+                data = run_cell(kernel, config, corpus, venv, out, record, args.timeout)
+                report(kernel, config, data, args.max_diffs)
+                sys.stdout.flush()
+                cells.append((kernel, config, data))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"kernel": k, "config": c, **d} for k, c, d in cells], indent=1, default=str))
+    if args.doc:
+        write_doc(Path(args.doc), doc_table(cells))
+    passed = sum(1 for _k, _c, d in cells if d.get("ok") and d.get("failed") == 0)
+    print(f"conformance: {passed} passed, {len(cells) - passed} failed")
+    return 0 if passed == len(cells) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -425,18 +425,52 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
+#: vdpa management device (``vdpa mgmtdev show``) or kernel module -> model parent.
+PARENT_OF = {"vdpasim_net": "vdpa_sim", "vdpa_sim": "vdpa_sim", "mlx5_vdpa": "mlx5",
+             "vp_vdpa": "vp_vdpa", "vduse": "vduse", "ifcvf": "ifcvf",
+             "octep_vdpa": "octep_vdpa", "pds_vdpa": "pds_vdpa", "snet_vdpa": "snet_vdpa",
+             "alibaba_eni_vdpa": "alibaba_eni_vdpa"}
+
+
+def _mgmtdev(vdpa_name: str) -> Optional[str]:
+    """The management device of a vdpa device, from iproute2's ``vdpa -j dev show``."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("vdpa")
+    if tool is None:
+        return None
+    try:
+        out = subprocess.run([tool, "-j", "dev", "show", vdpa_name], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        return json.loads(out)["dev"][vdpa_name]["mgmtdev"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_config(dev_path: str, sysfs: str = "/sys") -> SysfsConfig:
     """The parent driver behind ``dev_path`` (e.g. ``/dev/vhost-vdpa-0``) and the
-    module parameters the model needs."""
-    cfg = SysfsConfig(release=os.uname().release, parent=None, params={})
+    module parameters the model needs.  The vdpa device is the sysfs directory on the
+    vdpa bus holding ``vhost-vdpa-N``; its parent is named by its management device
+    (``vdpa dev show``), else by the one parent module loaded."""
+    cfg = SysfsConfig(release=os.uname().release, parent=None, params={}, vdpa_device=None,
+                      mgmtdev=None)
     name = os.path.basename(dev_path)
-    vdpa_dev = os.path.realpath(os.path.join(sysfs, "class/vhost-vdpa", name, "device"))
-    cfg["vdpa_device"] = vdpa_dev
-    if "vdpasim" in vdpa_dev:
-        cfg["parent"] = "vdpa_sim"
+    bus = os.path.join(sysfs, "bus", "vdpa", "devices")
+    for vdpa in sorted(os.listdir(bus)) if os.path.isdir(bus) else ():
+        if os.path.exists(os.path.join(bus, vdpa, name)):
+            cfg["vdpa_device"] = vdpa
+            break
+    if cfg["vdpa_device"] and sysfs == "/sys":
+        cfg["mgmtdev"] = _mgmtdev(cfg["vdpa_device"])
+    mgmt = (cfg["mgmtdev"] or "").split("/")[0]
+    if mgmt in PARENT_OF:
+        cfg["parent"] = PARENT_OF[mgmt]
     else:
-        drv = os.path.realpath(os.path.join(vdpa_dev, "..", "driver"))
-        cfg["parent"] = os.path.basename(drv) if os.path.exists(drv) else None
+        loaded = [m for m in PARENT_OF if os.path.isdir(os.path.join(sysfs, "module", m))]
+        parents = {PARENT_OF[m] for m in loaded}
+        if len(parents) == 1:
+            cfg["parent"] = parents.pop()
     for module in ("vdpa_sim", "vhost_vdpa"):
         d = os.path.join(sysfs, "module", module, "parameters")
         if os.path.isdir(d):
@@ -712,8 +746,9 @@ def cmd(args, make_backend: Callable[[str], Tuple[str, Any, Dict[str, Any]]]) ->
         name, factory, options = make_backend("vdpa_sim")
         options = {**options, **sim_options}
     else:
-        raise ConformError(f"cannot tell which parent drives {args.device} "
-                           f"({cfg['vdpa_device']}); name its model with --backend")
+        raise ConformError(f"cannot tell which parent drives {args.device} (vdpa device "
+                           f"{cfg['vdpa_device']}, management device {cfg['mgmtdev']}); "
+                           "name its model with --backend")
     kernel, kernel_text = _profile(args.kernel, cfg["release"])
     if kernel is not None:
         dev_options["kernel"] = kernel
@@ -721,7 +756,7 @@ def cmd(args, make_backend: Callable[[str], Tuple[str, Any, Dict[str, Any]]]) ->
     tracer = None
     probe_text = "off (--no-kprobes)"
     if not args.no_kprobes:
-        module = cfg["parent"] or ""
+        module = "vdpa_sim" if cfg["parent"] == "vdpa_sim" else (cfg["parent"] or "")
         try:
             tracer = Tracer(module)
             tracer.start()

@@ -189,13 +189,12 @@ def test_model_options_from_sysfs(tmp_path):
         d.mkdir(parents=True)
         for k, v in params.items():
             (d / k).write_text(v + "\n")
-    dev = sysfs / "devices" / "vdpasim_net" / "vdpa0"
-    dev.mkdir(parents=True)
-    cls = sysfs / "class" / "vhost-vdpa" / "vhost-vdpa-0"
-    cls.mkdir(parents=True)
-    os.symlink(dev, cls / "device")
+    (sysfs / "devices" / "vdpa0" / "vhost-vdpa-0").mkdir(parents=True)
+    (sysfs / "bus" / "vdpa" / "devices").mkdir(parents=True)
+    os.symlink(sysfs / "devices" / "vdpa0", sysfs / "bus" / "vdpa" / "devices" / "vdpa0")
+    (sysfs / "module" / "vdpa_sim_net").mkdir()
     cfg = conform.read_config("/dev/vhost-vdpa-0", sysfs=str(sysfs))
-    assert cfg["parent"] == "vdpa_sim"
+    assert (cfg["parent"], cfg["vdpa_device"]) == ("vdpa_sim", "vdpa0")
     backend, device = conform.model_options(cfg)
     assert backend == {"batch_mapping": False, "use_va": True, "max_iotlb_entries": 2048}
     assert device == {"max_iotlb_entries": 100}

@@ -332,8 +332,14 @@ class Tracer:
         self._defined = False
 
     def _write(self, name: str, text: str, append: bool = False) -> None:
-        with open(os.path.join(self.tracefs, name), "a" if append else "w") as fp:
-            fp.write(text)
+        # os.open, not open(): Python seeks to the end of a file opened for append,
+        # which tracefs refuses with EINVAL
+        flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+        fd = os.open(os.path.join(self.tracefs, name), flags)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
     def start(self) -> None:
         """Define and enable the probes; raise :class:`ConformError` when the kernel

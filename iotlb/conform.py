@@ -548,13 +548,15 @@ def run_trace(name: str, ops: List[dict], *, device_path: str,
             meta = {"op": "meta", "rules": None}
             ops.insert(0, meta)
         meta["recorded"] = record
+    first = next((i for i, op in enumerate(ops) if op["op"] != "meta"), len(ops))
+    # the system's RLIMIT_MEMLOCK, said explicitly so that a recording replays under it
+    setup = [{"op": "memlock", "pages": memlock_pages(page_size)}]
     if not any(op["op"] == "mmap" for op in ops):
-        first = next((i for i, op in enumerate(ops) if op["op"] != "meta"), len(ops))
-        ops[first:first] = auto_memory(ops, page_size)
+        setup += auto_memory(ops, page_size)
+    ops[first:first] = setup
     real = real if real is not None else RealDevice(device_path)
     mem = RealMemory(page_size)
     model, log = make_model()
-    model.usermem.memlock_pages = memlock_pages(page_size)
     start_pin = vmpin(page_size)
     try:
         if tracer is not None:

@@ -97,8 +97,9 @@ def _run(kernel_options, model_options, ops=TRACE, record=None):
 def test_same_model_on_both_sides_agrees_and_records():
     res = _run({"use_va": False}, {"use_va": False}, record={"backend": "vdpa_sim"})
     assert res.ok, res.as_dict()
-    assert res.ops == len(TRACE) - 1 + 1        # meta skipped, one auto mmap added
-    mmap = res.recorded[1]
+    assert res.ops == len(TRACE) - 1 + 2        # meta skipped; memlock, one mmap added
+    assert res.recorded[1]["op"] == "memlock"
+    mmap = res.recorded[2]
     assert mmap["op"] == "mmap" and mmap["uaddr"] == RAM and mmap["size"] == 0x4000
     assert sum(n for _o, _p, n in mmap["pa"]) == 0x4000
     upd = next(op for op in res.recorded if op["op"] == "update")

@@ -248,13 +248,20 @@ class RealMemory:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, self._limit)
 
 
+_STATUS_FD = -1
+
+
 def vmpin_pages(page_size: int) -> int:
-    """``VmPin`` of this process in pages."""
-    with open("/proc/self/status") as fp:
-        for line in fp:
-            if line.startswith("VmPin:"):
-                return int(line.split()[1]) * 1024 // page_size
-    raise ConformError("/proc/self/status has no VmPin line")
+    """``VmPin`` of this process in pages (``/proc/self/status``, kept open and
+    re-read with ``pread``: this runs after every op)."""
+    global _STATUS_FD
+    if _STATUS_FD < 0:
+        _STATUS_FD = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    text = os.pread(_STATUS_FD, 1 << 16, 0)
+    i = text.find(b"\nVmPin:")
+    if i < 0:
+        raise ConformError("/proc/self/status has no VmPin line")
+    return int(text[i + 7:text.index(b"kB", i)]) * 1024 // page_size
 
 
 def memlock_pages(page_size: int) -> Optional[int]:
@@ -330,6 +337,7 @@ class Tracer:
         self.tracefs = tracefs
         self.parent_ops = module in PARENT_SYMBOLS
         self._defined = False
+        self._pipe = -1
 
     def _write(self, name: str, text: str, append: bool = False) -> None:
         # os.open, not open(): Python seeks to the end of a file opened for append,
@@ -366,6 +374,9 @@ class Tracer:
             raise ConformError(f"cannot set kprobes ({exc.strerror}): {d}") from None
 
     def stop(self) -> None:
+        if self._pipe >= 0:
+            os.close(self._pipe)
+            self._pipe = -1
         try:
             self._write(f"events/{_GROUP}/enable", "0")
         except OSError:
@@ -379,13 +390,35 @@ class Tracer:
             pass
         self._defined = False
 
+    def _read_events(self) -> str:
+        """Everything traced since the last read: drained from ``trace_pipe``
+        (non-blocking), or read from ``trace`` and cleared where there is no pipe."""
+        pipe = os.path.join(self.tracefs, "trace_pipe")
+        if self._pipe < 0 and os.path.exists(pipe):
+            self._pipe = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._pipe < 0:
+            with open(os.path.join(self.tracefs, "trace")) as fp:
+                text = fp.read()
+            self._write("trace", "")
+            return text
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._pipe, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
     def take(self) -> Tuple[List[Optional[int]], List[str]]:
-        """``(handler returns, parent calls)`` since the last call, and clear."""
-        with open(os.path.join(self.tracefs, "trace")) as fp:
-            text = fp.read()
-        self._write("trace", "")
+        """``(handler returns, parent calls)`` since the last call."""
+        text = self._read_events()
         rets: List[Optional[int]] = []
         calls: List[str] = []
+        if not text:
+            return rets, calls
         for line in text.splitlines():
             if line.startswith("#"):
                 continue

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -161,6 +162,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write every cell's result as JSON")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per boot")
     ap.add_argument("--max-diffs", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="guests booted at once (default: the number of CPUs)")
     args = ap.parse_args(argv)
 
     kernels = [k for k in args.kernel.split(",") if k]
@@ -180,16 +183,21 @@ def main(argv=None) -> int:
         record.mkdir(parents=True, exist_ok=True)
     # outside /tmp: the guest mounts a tmpfs there
     out = Path(tempfile.mkdtemp(prefix="conformance-", dir=str(ROOT)))
+    todo = [(k, c) for k in kernels for c in configs]
     cells = []
     try:
-        for kernel in kernels:
-            for config in configs:
-                data = run_cell(kernel, config, corpus, venv, out, record, args.timeout)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            futures = {pool.submit(run_cell, k, c, corpus, venv, out, record, args.timeout):
+                       (k, c) for k, c in todo}
+            for fut in as_completed(futures):
+                kernel, config = futures[fut]
+                data = fut.result()
                 report(kernel, config, data, args.max_diffs)
                 sys.stdout.flush()
                 cells.append((kernel, config, data))
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    cells.sort(key=lambda c: todo.index(c[:2]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{"kernel": k, "config": c, **d} for k, c, d in cells], indent=1, default=str))

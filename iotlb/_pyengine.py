@@ -195,6 +195,33 @@ class IOTLB:
         self._version += 1
         return entry  # the caller drops it (and its ctx) when the tree is consistent
 
+    def add_all(self, src: "IOTLB") -> int:
+        """``map(m.start, m.last, m.addr, m.perm)`` for every entry ``m`` of ``src``,
+        ascending, ctx not copied: the copy loop of a parent's ``set_map``
+        (``vdpasim_set_map``: ``vhost_iotlb_add_range`` per entry of the given IOTLB).
+
+        As in the kernel the loop stops at the first failing add and raises its error,
+        keeping what was added before it (the caller decides whether to wipe).
+        Returns the number of entries added.
+
+        >>> src = IOTLB(); src.map(0x3000, 0x3fff, 7, ctx="f"); src.map(0, 0xfff, 5)
+        >>> dst = IOTLB(1); dst.add_all(src)
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [ENOSPC] vhost_iotlb_add_range_ctx: 1 entries, limit 1
+        >>> [(m.start, m.addr, m.ctx) for m in dst]
+        [(0, 5, None)]
+        """
+        if not isinstance(src, IOTLB):
+            raise TypeError(f"add_all: src must be an IOTLB, got {type(src).__name__}")
+        if src is self:
+            raise ValueError("add_all: source and destination are the same IOTLB")
+        n = 0
+        for m in list(src):
+            self.map(m.start, m.last, m.addr, m.perm)
+            n += 1
+        return n
+
     def unmap(self, start: int = 0, last: int = U64_MAX) -> int:
         """Remove every entry overlapping ``[start, last]`` whole; return how many.
 

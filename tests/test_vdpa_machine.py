@@ -279,7 +279,7 @@ class DeviceMachine(RuleBasedStateMachine):
         self._both(lambda d: d.update(page * PAGE + off, size,
                                       0x100000 + upage * PAGE + off, perm, asid),
                    (errno.EINVAL, errno.EPERM, errno.EBADF, errno.EEXIST, errno.ENOMEM,
-                    errno.EFAULT))
+                    errno.EFAULT, errno.ENOSPC))   # ENOSPC: setup's max_entries
 
     # ------------------------------------------------------------------ ioctls
     @rule(mask=st.sampled_from([0, 0x2, 0xE, 0x6, 0x10E, 0x100, 0x8E, 0x1, 0x200,

@@ -428,20 +428,76 @@ def _final_state(dev, backend) -> dict:
             "pinned_pages": state["pinned_pages"], "open": state["open"]}
 
 
+def _replay_source(path: str) -> str:
+    """``-`` (standard input) is spooled to a temporary file (formats are detected from
+    the first bytes and progress counts lines, so the reader needs a real file); the
+    file is removed at exit."""
+    if path != "-":
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix="iotlb-replay-", suffix=".trace")
+    atexit.register(lambda: os.path.exists(tmp) and os.unlink(tmp))
+    with os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(sys.stdin.buffer, out)
+    return tmp
+
+
+#: ops that touch only the user memory or describe the trace: they may precede
+#: ``open`` without making the setup implicit
+_SETUP_NEUTRAL = ("meta", "mmap", "munmap", "memlock")
+#: mismatches and failures listed one per line before the rest are only counted
+_LIST_CAP = 20
+
+
 def cmd_replay(args) -> int:
+    import itertools
+
     from . import IOTLBError, wire
+    from . import expect as ex
     from .scenarios import QEMU_BACKEND_FEATURES, format_size
-    from .trace import (MESSAGE_OPS, Progress, apply, count_ops, describe,
+    from .trace import (MESSAGE_OPS, Progress, TraceError, apply, count_ops, describe,
                         detect_format, read_trace, write_trace)
     from .vdpa import VhostVdpa
 
-    path = args.file
-    options = _parse_options(args.option or [], "--option")
-    backend = _make_backend(args.backend, options)
+    path = _replay_source(args.file)
+    shown = "<stdin>" if args.file == "-" else args.file
     fmt = args.format
     if fmt == "auto":
         fmt = detect_format(path)
     entries = read_trace(path, fmt)
+    # a trace recorded by `iotlb conform --record` starts with a meta op saying where:
+    # that names the model (backend, options, kernel profile, page size) unless the
+    # command line does
+    head = next(entries, None)
+    recorded = None
+    if head is not None and head.error is None and head.op["op"] == "meta":
+        recorded = head.op.get("recorded") or None
+    entries = itertools.chain([head] if head is not None else [], entries)
+    options = _parse_options(args.option or [], "--option")
+    backend_name = args.backend
+    device_options: dict = {}
+    if backend_name is None and recorded is not None:
+        backend_name = recorded.get("backend", "vdpa_sim")
+        options = {**(recorded.get("options") or {}), **options}
+        device_options = dict(recorded.get("device_options") or {})
+        if recorded.get("page_size"):
+            device_options["page_size"] = recorded["page_size"]
+    backend_name = backend_name or "vdpa_sim"
+    kernel = args.kernel or (recorded or {}).get("profile")
+    if kernel is not None:
+        try:
+            from .kernels import kernel_profile
+            kernel_profile(kernel)
+        except ValueError as exc:
+            raise CLIError(f"--kernel: {exc}") from None
+        device_options["kernel"] = kernel
+    backend = _make_backend(backend_name, options)
+    # parent ops can only be observed if the log wraps the backend before the device
+    # holds it: traces that start with a recorded meta get one
+    log = ex.ParentLog(backend) if recorded is not None else None
     if args.record:
         parent = os.path.dirname(os.path.abspath(args.record))
         if not os.path.isdir(parent):
@@ -450,24 +506,43 @@ def cmd_replay(args) -> int:
     total = count_ops(path, fmt) if show_progress else 0
     progress = Progress(total, enabled=show_progress and total >= 2000)
 
-    dev = VhostVdpa(backend)
+    try:
+        dev = VhostVdpa(backend, **device_options)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CLIError(f"model device with {device_options}: {exc}") from None
     sent: List[dict] = []
     failures: List[dict] = []
+    unmet: List[dict] = []
     bad: List[dict] = []
     implicit: Optional[List[str]] = None
-    n_ops = 0
+    n_ops = checked = 0
     persist_bit = int(wire.BackendFeature.IOTLB_PERSIST)
 
     def run(op: dict, where):
-        nonlocal n_ops
+        nonlocal n_ops, checked
         if op["op"] == "set_backend_features" and args.persist is not None:
             op = dict(op)
             op["features"] = (op["features"] | persist_bit if args.persist
                               else op["features"] & ~persist_bit)
         sent.append(op)
         n_ops += 1
+        want = op.get("expect")
+        if want is not None:
+            # an expectation: an error is an answer to compare, not a failure
+            checked += 1
+            try:
+                got = ex.observe(dev, op, log)
+            except (TypeError, ValueError, OverflowError) as exc:
+                got = {"error": f"{type(exc).__name__}: {exc}"}
+            diff = ex.mismatches(want, got)
+            if diff:
+                unmet.append({**(where.as_dict() if where is not None else {}),
+                              "op": describe(op),
+                              "mismatches": [{"key": k, "expected": w, "found": f}
+                                             for k, w, f in diff]})
+            return got.get("value")
         try:
-            return apply(dev, op)
+            result = apply(dev, op)
         except IOTLBError as exc:
             cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
             failures.append({
@@ -476,10 +551,15 @@ def cmd_replay(args) -> int:
                 "cause": None if cause is None else _errname(cause.errno),
                 "message": (cause.strerror if cause is not None else exc.strerror) or str(exc),
             })
+            return None
         except (TypeError, ValueError, OverflowError) as exc:
             failures.append({**(where.as_dict() if where is not None else {"setup": True}),
                              "op": describe(op), "errno": None, "cause": None,
                              "message": f"{type(exc).__name__}: {exc}"})
+            return None
+        if log is not None:
+            log.take()
+        return result
 
     def preamble() -> List[str]:
         run({"op": "open"}, None)
@@ -490,29 +570,35 @@ def cmd_replay(args) -> int:
             if offered & persist_bit:
                 ack |= persist_bit
             else:
-                _warn(f"backend {args.backend!r} does not offer IOTLB_PERSIST; not acked")
+                _warn(f"backend {backend_name!r} does not offer IOTLB_PERSIST; not acked")
         run({"op": "set_backend_features", "features": ack}, None)
         return ["open", "SET_OWNER",
                 "SET_BACKEND_FEATURES(" + ("|".join(wire.feature_names(ack)) or "0") + ")"]
 
     first = True
+    n_file = 0
     try:
         for entry in entries:
             progress.update()
+            n_file += 1
             if entry.error is not None:
                 if not args.keep_going:
                     raise entry.error
                 bad.append({**entry.where.as_dict(), "message": entry.error.message})
                 continue
-            if first:
+            if first and (fmt == "binary" or entry.op["op"] not in _SETUP_NEUTRAL):
                 first = False
                 if fmt == "binary" or entry.op["op"] != "open":
                     implicit = preamble()
             run(entry.op, entry.where)
+    except TraceError as exc:
+        raise CLIError(f"{shown}: {exc}") from None
     finally:
         progress.close()
     if first and fmt == "binary":
         implicit = preamble()
+    if n_file == 0:
+        _warn(f"{shown}: the trace holds no operations")
 
     final = _final_state(dev, backend)
     try:
@@ -525,41 +611,68 @@ def cmd_replay(args) -> int:
         if dropped:
             _warn(f"--record {args.record}: the binary format keeps only messages; "
                   f"{dropped} ioctls dropped")
-    status = 1 if invariant_error else 2 if bad else 0
+    strict_fail = bool(args.strict and failures)
+    ok = invariant_error is None and not unmet and not strict_fail
+    status = 2 if bad else 0 if ok else 1
 
     messages = sum(1 for op in sent if op["op"] in MESSAGE_OPS)
+    by_errno: dict = {}
+    for f in failures:
+        key = f["errno"] or "error"
+        by_errno[key] = by_errno.get(key, 0) + 1
     if args.json:
         json.dump({
-            "file": path, "format": fmt, "backend": args.backend, "options": options,
+            "file": shown, "format": fmt, "backend": backend_name, "options": options,
+            "kernel": dev.kernel.name, "recorded": recorded,
             "operations": n_ops, "messages": messages, "failed": len(failures),
-            "bad_lines": len(bad), "implicit_setup": implicit,
-            "failures": failures, "bad": bad, "final": final,
+            "failed_by_errno": by_errno, "bad_lines": len(bad),
+            "implicit_setup": implicit, "failures": failures, "bad": bad,
+            "expectations": {"checked": checked, "unmet": len(unmet), "ops": unmet},
+            "strict": bool(args.strict), "ok": ok, "final": final,
             "invariants": {"ok": invariant_error is None, "error": invariant_error},
         }, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
         return status
 
     where_word = "line" if fmt == "jsonl" else "record"
-    _out(f"replayed {path} ({fmt}) on {args.backend}"
-         + (f" ({', '.join(f'{k}={v!r}' for k, v in options.items())})" if options else "")
+    model = f"{backend_name}" + (f" ({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+                                 if options else "")
+    _out(f"replayed {shown} ({fmt}) on {model}, kernel profile {dev.kernel.name}"
+         + (f" (recorded on {recorded.get('release')})" if recorded else "")
          + f": {_plural(n_ops, 'operation')} ({_plural(messages, 'message')}), "
-         + f"{len(failures)} failed"
+         + f"{len(failures):,} failed"
          + (f", {_plural(len(bad), 'bad ' + where_word)} skipped"
             if args.keep_going or bad else ""))
+    if checked:
+        _out(f"expectations: {checked:,} ops checked, "
+             + (f"all held" if not unmet else f"{len(unmet):,} not met"))
     if implicit:
         _out(f"implicit setup: {', '.join(implicit)}")
-    for f in failures:
-        loc = (f"{path}: implicit setup" if f.get("setup") else
-               f"{path}:{f['line']}" if "line" in f else f"{path}: byte offset {f['offset']}")
+
+    def loc(f: dict) -> str:
+        return (f"{shown}: implicit setup" if f.get("setup") else
+                f"{shown}:{f['line']}" if "line" in f else
+                f"{shown}: byte offset {f['offset']}" if "offset" in f else shown)
+
+    for u in unmet[:_LIST_CAP]:
+        text = "; ".join(ex.format_mismatch(m["key"], m["expected"], m["found"])
+                         for m in u["mismatches"])
+        _out(f"{loc(u)}: {u['op']}: NOT MET: {text}")
+    if len(unmet) > _LIST_CAP:
+        _out(f"... and {len(unmet) - _LIST_CAP:,} more ops whose expectations were not met")
+    for f in failures[:_LIST_CAP]:
         errs = f["errno"] or "error"
         if f["cause"] and f["cause"] != f["errno"]:
             errs += f" ({f['cause']})"
-        _out(f"{loc}: {f['op']}: {errs}: {f['message']}")
+        _out(f"{loc(f)}: {f['op']}: {errs}: {f['message']}")
+    if len(failures) > _LIST_CAP:
+        _out(f"... and {len(failures) - _LIST_CAP:,} more failures; by errno: "
+             + ", ".join(f"{k} {v:,}" for k, v in sorted(by_errno.items())))
     for b in bad:
-        loc = f"{path}:{b['line']}" if "line" in b else f"{path}: byte offset {b['offset']}"
-        sys.stderr.write(f"{PROG}: {loc}: {b['message']} (skipped)\n")
+        where = f"{shown}:{b['line']}" if "line" in b else f"{shown}: byte offset {b['offset']}"
+        sys.stderr.write(f"{PROG}: {where}: {b['message']} (skipped)\n")
     _out()
-    head = ["ASID", "vhost IOTLB", "device"]
+    head_row = ["ASID", "vhost IOTLB", "device"]
     rows = []
     for asid, a in final["asids"].items():
         vh = "not created" if a["vhost_entries"] is None else \
@@ -567,11 +680,13 @@ def cmd_replay(args) -> int:
             f"{format_size(a['vhost_bytes'])}" \
             if a["vhost_bytes"] else _plural(a["vhost_entries"], "entry", "entries")
         rows.append([str(asid), vh, a["device"]])
-    _out(_table(head, rows))
+    _out(_table(head_row, rows))
     groups = ", ".join(f"{g}->AS{a}" for g, a in final["groups"].items())
     _out(f"\npinned pages: {final['pinned_pages']:,}; groups: {groups or '-'}; "
          f"device {'open' if final['open'] else 'closed'}")
     _out(f"invariants: {'ok' if invariant_error is None else 'VIOLATED: ' + invariant_error}")
+    if strict_fail:
+        _out(f"--strict: {len(failures):,} operations failed")
     return status
 
 
@@ -676,12 +791,24 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("replay", help="replay a trace on a backend",
                        description="Replay a trace (JSON Lines of operations or a raw "
                        "stream of 72-byte vhost_msg_v2) through write()/ioctls of a "
-                       "vhost-vdpa device on a backend. A trace that does not start with "
-                       "{\"op\": \"open\"} (and every binary trace) is preceded by an "
-                       "implicit setup: open, SET_OWNER, SET_BACKEND_FEATURES with what "
-                       "QEMU acks.")
-    r.add_argument("file", metavar="FILE")
-    r.add_argument("--backend", default="vdpa_sim", help="backend name (default: %(default)s)")
+                       "vhost-vdpa device on a backend. A trace whose first device "
+                       "operation is not {\"op\": \"open\"} (and every binary trace) is "
+                       "preceded by an implicit setup: open, SET_OWNER, "
+                       "SET_BACKEND_FEATURES with what QEMU acks. Operations with an "
+                       "\"expect\" (e.g. recorded from a real kernel by `iotlb conform "
+                       "--record`) are checked. Exit status: 0 when every expectation "
+                       "holds and the invariants hold; 1 when one does not (or, with "
+                       "--strict, when an operation failed); 2 for bad input.")
+    r.add_argument("file", metavar="FILE", help="the trace; - reads standard input")
+    r.add_argument("--backend", default=None,
+                   help="backend name (default: the one a recorded trace names, else "
+                        "vdpa_sim)")
+    r.add_argument("--kernel", default=None, metavar="PROFILE",
+                   help="kernel profile of the model (default: the one a recorded "
+                        "trace names, else the newest)")
+    r.add_argument("--strict", action="store_true",
+                   help="exit 1 when any operation fails (without it only unmet "
+                        "expectations and broken invariants do)")
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="backend constructor option (repeatable), e.g. batch_mapping=0")
     pg = r.add_mutually_exclusive_group()

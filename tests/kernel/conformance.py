@@ -134,7 +134,34 @@ def doc_table(cells: list) -> str:
         rows.append(f"| {kernel} | {d['release']} | {config_text(config)} | {d['traces']} | "
                     f"{d['ops']} | {d['agreed']} | {d['differing']} | {d['errors']} | "
                     f"{'yes' if 'parent ops' in d['kprobes'] else d['kprobes']} |")
-    return head + "\n".join(rows) + "\n"
+    return head + "\n".join(rows) + "\n\n" + trace_table(cells)
+
+
+def trace_table(cells: list) -> str:
+    """Per trace: its ops and, per cell, ``ok`` or the number of differing ops (``-``
+    where the trace did not run, ``error`` where it could not)."""
+    live = [(k, c, d) for k, c, d in cells if not d.get("boot_error")]
+    if not live:
+        return ""
+    per: dict = {}
+    for k, c, d in live:
+        for r in d.get("results", []):
+            name = Path(r["trace"]).name
+            per.setdefault(name, {})[(k, c)] = r
+    head = ("| trace | ops | " + " | ".join(f"{k} {c}" for k, c, _ in live) + " |\n"
+            "|---|---|" + "---|" * len(live) + "\n")
+    rows = []
+    for name in sorted(per):
+        runs = per[name]
+        ops = sorted({r["ops"] for r in runs.values()})
+        marks = []
+        for k, c, _ in live:
+            r = runs.get((k, c))
+            marks.append("-" if r is None else "error" if r.get("error") else
+                         "ok" if r["ok"] else f"**{r['differing']} differ**")
+        rows.append(f"| {name} | {'/'.join(map(str, ops))} | " + " | ".join(marks) + " |")
+    return ("Per trace (ops as run, including the memory set-up; `ok` = every op agreed):"
+            "\n\n" + head + "\n".join(rows) + "\n")
 
 
 def write_doc(path: Path, table: str) -> None:

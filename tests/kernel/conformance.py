@@ -60,7 +60,7 @@ def run_cell(kernel: str, config: str, corpus: list, venv: Path, out: Path,
         conform += ["--record", str(rec)]
     conform += [str(p) for p in corpus]
     job = " ".join(_q(a) for a in conform) + f" > {_q(str(result))}"
-    rw = [str(out)] + ([str(record)] if record is not None else [])
+    rw = shared_dirs([out] + ([record] if record is not None else []), venv, corpus)
     cmd = [sys.executable, str(LAB), "run", "--kernel", kernel, "--vdpa-sim",
            config_text(config), "--timeout", str(timeout)]
     for d in rw:
@@ -96,6 +96,25 @@ def _show(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(x if isinstance(x, str) else hex(x) for x in v) + "]"
     return "none" if v is None else str(v)
+
+
+_HIDDEN = re.compile(r"/(tmp|run|var/tmp)(/|$)")
+
+
+def shared_dirs(writable: list, venv: Path, corpus: list) -> list:
+    """The directories the guest must get with ``--rw``: the ones it writes, and the
+    project, the venv and the corpus when they lie under a path the guest hides with a
+    tmpfs (/tmp, /run, /var/tmp: a CI clone may be there).  Nested ones are dropped."""
+    dirs = [Path(os.path.realpath(d)) for d in writable]
+    for p in [ROOT, venv] + list(corpus):
+        p = Path(os.path.realpath(p))
+        if _HIDDEN.match(str(p)):
+            dirs.append(p if p.is_dir() else p.parent)
+    out: list = []
+    for d in sorted(set(dirs), key=lambda d: len(d.parts)):
+        if not any(d == o or o in d.parents for o in out):
+            out.append(d)
+    return [str(d) for d in out]
 
 
 def report(kernel: str, config: str, data: dict, max_diffs: int) -> None:

@@ -82,6 +82,8 @@ cdef class IOTLB:
     cdef Py_ssize_t _add_range_ctx_limit(self, Py_ssize_t nmaps, bint full,
                                          Py_ssize_t index) except -1
     cdef bint _add_range_ctx_fits(self) noexcept
+    cdef int _add_range_ctx(self, uint64_t s, uint64_t l, uint64_t a, uint64_t p,
+                            object ctx, str who) except -1
     cdef int _add(self, uint64_t s, uint64_t l, uint64_t a, uint64_t perm,
                   object ctx) except -1
     cdef int _bulk(self, const uint64_t[::1] vs, const uint64_t[::1] vl,

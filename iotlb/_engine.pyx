@@ -1205,15 +1205,23 @@ cdef class IOTLB:
             _perm8(perm, "perm", &p)
         if l < s:
             raise IOTLBError(_EFAULT, f"map: last {l:#x} < start {s:#x}")
-        if s == 0 and l == UMAX and a > UMAX - HALF_C:
-            raise OverflowError(f"map: full-space mapping needs addr + 2**63 to fit "
+        self._add_range_ctx(s, l, a, p, ctx, "map")
+
+    cdef int _add_range_ctx(self, uint64_t s, uint64_t l, uint64_t a, uint64_t p,
+                            object ctx, str who) except -1:
+        # vhost_iotlb_add_range_ctx once last >= start: exactly [0, ~0] is split in
+        # two halves, the limit checks run before anything changes, then the insert(s)
+        cdef bint full = s == 0 and l == UMAX
+        if full and a > UMAX - HALF_C:
+            raise OverflowError(f"{who}: full-space mapping needs addr + 2**63 to fit "
                                 f"in 64 bits, got addr {a:#x}")
-        self._add_range_ctx_limit(self.t.count, s == 0 and l == UMAX, -1)
-        if s == 0 and l == UMAX:
+        self._add_range_ctx_limit(self.t.count, full, -1)
+        if full:
             self._add(0, HALF_C - 1, a, p, ctx)
             s = HALF_C
             a += HALF_C
         self._add(s, l, a, p, ctx)
+        return 0
 
     def add_all(self, IOTLB src not None):
         """``map(m.start, m.last, m.addr, m.perm)`` for every entry ``m`` of ``src``,
@@ -1235,25 +1243,13 @@ cdef class IOTLB:
         cdef Leaf *f = src.t.head
         cdef Py_ssize_t n = 0, v
         cdef int i
-        cdef uint64_t s, l, a, p
         if src is self:
             raise ValueError("add_all: source and destination are the same IOTLB")
         v = src._version
         while f != NULL:
             for i in range(f.n):
-                s = f.start[i]
-                l = f.last[i]
-                a = f.addr[i]
-                p = f.meta[i] & 0xff
-                if s == 0 and l == UMAX and a > UMAX - HALF_C:
-                    raise OverflowError(f"add_all: full-space mapping needs addr + 2**63 "
-                                        f"to fit in 64 bits, got addr {a:#x}")
-                self._add_range_ctx_limit(self.t.count, s == 0 and l == UMAX, -1)
-                if s == 0 and l == UMAX:
-                    self._add(0, HALF_C - 1, a, p, None)
-                    s = HALF_C
-                    a += HALF_C
-                self._add(s, l, a, p, None)
+                self._add_range_ctx(f.start[i], f.last[i], f.addr[i], f.meta[i] & 0xff,
+                                    None, "add_all")
                 n += 1
                 if src._version != v:    # a retired entry's finalizer changed src
                     raise RuntimeError("add_all: the source IOTLB changed during the copy")

@@ -678,3 +678,42 @@ def test_module_surface():
     assert issubclass(iotlb.IOTLBError, OSError)
     assert isinstance(iotlb.IOTLB(), iotlb.IOTLBBase)
     assert Perm.RW == 3 and Perm.RO == 1 and Perm.WO == 2 and Perm.NONE == 0
+
+
+def test_add_all_is_map_of_every_entry_in_ascending_order():
+    """IOTLB.add_all(src) = map(m.start, m.last, m.addr, m.perm) per entry of src,
+    ascending, ctx dropped (vdpasim_set_map's copy loop); stops at the first error."""
+    import errno
+    import random
+
+    from iotlb import IOTLB, IOTLBError
+
+    rng = random.Random(7)
+    src = IOTLB()
+    for i in range(300):
+        s = rng.randrange(0, 1 << 20) * 4096
+        src.map(s, s + rng.randrange(1, 8) * 4096 - 1, rng.randrange(1 << 40), rng.randrange(4),
+                ctx=i)
+    src.map(0, 2**64 - 1, 0x1000)                  # stored as two halves
+    want = IOTLB()
+    for m in src:
+        want.map(m.start, m.last, m.addr, m.perm)
+    got = IOTLB()
+    assert got.add_all(src) == len(src) == 302
+    assert got == want and all(m.ctx is None for m in got)
+    assert [tuple(m)[:4] for m in got] == [tuple(m)[:4] for m in src]
+    got._check()
+    small = IOTLB(10)
+    try:
+        small.add_all(src)
+    except IOTLBError as exc:
+        assert exc.errno == errno.ENOSPC
+    else:
+        raise AssertionError("ENOSPC expected")
+    assert [tuple(m)[:4] for m in small] == [tuple(m)[:4] for m in src][:10]
+    try:
+        got.add_all(got)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("add_all(self) must be refused")

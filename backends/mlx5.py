@@ -23,6 +23,17 @@ software control queue translates through (:attr:`Mlx5.cvq_iotlb`).
 >>> dev.set_map(0, iotlb.IOTLB()); dev.mr_kind(0)   # empty IOTLB: no MR, not the DMA MR
 >>> dev.compat_reset(VDPA_RESET_F_CLEAN_MAP); dev.mr_kind(0)
 'dma'
+
+The driver of each kernel (:attr:`~iotlb.backend.Backend.kernel`): on 6.1 (Debian's
+6.1.192, read from its source, not checked on hardware) there is no ``reset_map``,
+``compat_reset``, ``resume`` or ``get_vq_desc_group``, two vq groups, and the plain
+``reset`` drops every MR and the CVQ iotlb and re-creates the DMA MR
+(``umem_uid_0``), i.e. what a CLEAN_MAP reset does on newer kernels.  **Not
+modelled:** 6.1 keeps *one* data-vq MR (for the AS the data group is bound to)
+instead of one per AS, and its ``set_group_asid`` does not copy the MR into the CVQ
+iotlb; this model keeps the per-AS structure of newer kernels, so on 6.1 only
+traces that map through the AS the data group is bound to (AS 0 after reset) and
+leave the CVQ on its own AS are exact.
 """
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ from typing import Optional
 import iotlb
 from iotlb import U64_MAX, IOTLBError, Perm
 from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend
+from iotlb.kernels import Since
 
 __all__ = ["Mlx5", "MLX5_VDPA_NUM_AS", "DATAVQ_GROUP", "CVQ_GROUP", "DATAVQ_DESC_GROUP"]
 
@@ -40,6 +52,16 @@ DATAVQ_GROUP = 0
 CVQ_GROUP = 1
 DATAVQ_DESC_GROUP = 2
 MLX5_VDPA_NUMVQ_GROUPS = 3
+
+# --- mlx5's rules by kernel (absent before the version; see Mlx5._apply_kernel)
+#: ``reset_map``, ``compat_reset`` and a plain reset that keeps the MRs
+RESET_MAP = Since((6, 7), "vdpa/mlx5: implement .reset_map driver op")
+#: the data-vq descriptor group (``get_vq_desc_group``, ``MLX5_VDPA_NUMVQ_GROUPS``
+#: 3); bracketed: absent in 6.1.192, present in 6.12.118
+DESC_GROUP = Since((6, 7), "(unverified) vdpa/mlx5: descriptor group mkey",
+                   verified=False)
+#: the ``resume`` op; bracketed: absent in 6.1.192, present in 6.12.118
+RESUME = Since((6, 2), "(unverified) vdpa/mlx5: resume op", verified=False)
 
 
 class _MR:
@@ -72,7 +94,10 @@ class Mlx5(Backend):
     capability that makes the driver create a DMA MR for AS 0 at creation and after
     a CLEAN_MAP reset or ``reset_map(0)``), ``desc_group=True``
     (``desc_group_mkey_supported``: ``get_vq_desc_group`` present, so DESC_ASID is
-    offered), ``resume=True`` (``freeze_to_rdy_supported``: ``resume`` present).
+    offered), ``resume=True`` (``freeze_to_rdy_supported``: ``resume`` present),
+    ``kernel`` (see :class:`~iotlb.backend.Backend`).  ``desc_group``, ``resume``
+    and ``ngroups`` default (None) to what the kernel's driver has; asking a kernel
+    for an op its driver lacks is a ValueError.
 
     >>> Mlx5(umem_uid_0=False).mr_kind(0) is None
     True
@@ -80,24 +105,49 @@ class Mlx5(Backend):
     True
     """
 
-    def __init__(self, *, nas: int = MLX5_VDPA_NUM_AS, ngroups: int = MLX5_VDPA_NUMVQ_GROUPS,
+    def __init__(self, *, nas: int = MLX5_VDPA_NUM_AS, ngroups=None,
                  nvqs: int = 3, iova_range=(0, U64_MAX), umem_uid_0: bool = True,
-                 desc_group: bool = True, resume: bool = True) -> None:
-        super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
-                         use_va=False)
+                 desc_group=None, resume=None, kernel=None) -> None:
+        self._options = (ngroups, desc_group, resume)
+        super().__init__(nas=nas, ngroups=1 if ngroups is None else ngroups, nvqs=nvqs,
+                         iova_range=iova_range, use_va=False, kernel=kernel)
+        self.umem_uid_0 = bool(umem_uid_0)
+        self._apply_kernel()
+
+    def _apply_kernel(self) -> None:
+        """The driver of :attr:`kernel`: groups, op table, and the state
+        ``mlx5_vdpa_dev_add`` leaves (a DMA MR for AS 0 with ``umem_uid_0``)."""
+        kernel = self.kernel
+        ngroups, desc_group, resume = self._options
+        has_desc, has_resume = kernel in DESC_GROUP, kernel in RESUME
+        for name, asked, has in (("desc_group", desc_group, has_desc),
+                                 ("resume", resume, has_resume)):
+            if asked and not has:
+                raise ValueError(f"mlx5 on kernel {kernel.base} has no {name} op")
+        desc_group = has_desc if desc_group is None else bool(desc_group)
+        resume = has_resume if resume is None else bool(resume)
+        if ngroups is None:
+            ngroups = MLX5_VDPA_NUMVQ_GROUPS if has_desc else CVQ_GROUP + 1
+        if type(ngroups) is not int or not 1 <= ngroups <= 0xFFFFFFFF:
+            raise ValueError(f"ngroups must be an int in 1..2**32-1, got {ngroups!r}")
+        self.ngroups = ngroups
         if desc_group and self.ngroups <= DATAVQ_DESC_GROUP:
             raise ValueError(f"desc_group=True needs ngroups >= 3 (data-vq descriptor "
                              f"group is {DATAVQ_DESC_GROUP}), got ngroups={self.ngroups}")
         if self.ngroups <= CVQ_GROUP and self.cvq_index is not None:
             raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={self.ngroups}")
-        self.umem_uid_0 = bool(umem_uid_0)
         # Ops the hardware lacks are NULLed in the op table, as mlx5_vdpa_dev_add does
         # with mgtdev->vdpa_ops (get_vq_desc_group without desc_group_mkey_supported,
-        # resume without freeze_to_rdy_supported): here, an instance attribute None.
+        # resume without freeze_to_rdy_supported): here, an instance attribute None;
+        # so are the ops the kernel's driver does not have.
+        hidden = []
         if not desc_group:
-            self.get_vq_desc_group = None
+            hidden.append("get_vq_desc_group")
         if not resume:
-            self.resume = None
+            hidden.append("resume")
+        if kernel not in RESET_MAP:
+            hidden += ["reset_map", "compat_reset"]
+        self._hide_ops(hidden)
         self._mr: list = [None] * self.nas
         self._group2asid = [0] * self.ngroups
         self._cvq = iotlb.IOTLB()
@@ -209,12 +259,21 @@ class Mlx5(Backend):
 
     def reset(self) -> None:
         """``mlx5_vdpa_reset`` = ``compat_reset(0)``: MRs and CVQ iotlb kept,
-        group2asid reset.
+        group2asid reset.  Before :data:`RESET_MAP` (6.1) the reset always drops the
+        MRs and the CVQ iotlb and re-creates the DMA MR (``mlx5_vdpa_destroy_mr``,
+        ``mlx5_vdpa_create_mr(mvdev, NULL, 0)``): a CLEAN_MAP reset.
 
         >>> dev = Mlx5(); dev.set_group_asid(1, 1); dev.reset(); dev.group_asid(1)
         0
+        >>> import iotlb
+        >>> old = Mlx5(kernel="6.1"); t = iotlb.IOTLB(); t.map(0, 0xfff, 0)
+        >>> old.set_map(0, t); old.reset(); old.mr_kind(0)
+        'dma'
         """
-        self.compat_reset(0)
+        if self.kernel not in RESET_MAP:
+            Mlx5.compat_reset(self, VDPA_RESET_F_CLEAN_MAP)
+        else:
+            self.compat_reset(0)
 
     # ------------------------------------------------------------------ groups
     def _is_ctrl_vq(self, vq: int) -> bool:

@@ -28,12 +28,12 @@ The driver of each kernel (:attr:`~iotlb.backend.Backend.kernel`): on 6.1 (Debia
 6.1.192, read from its source, not checked on hardware) there is no ``reset_map``,
 ``compat_reset``, ``resume`` or ``get_vq_desc_group``, two vq groups, and the plain
 ``reset`` drops every MR and the CVQ iotlb and re-creates the DMA MR
-(``umem_uid_0``), i.e. what a CLEAN_MAP reset does on newer kernels.  **Not
-modelled:** 6.1 keeps *one* data-vq MR (for the AS the data group is bound to)
-instead of one per AS, and its ``set_group_asid`` does not copy the MR into the CVQ
-iotlb; this model keeps the per-AS structure of newer kernels, so on 6.1 only
-traces that map through the AS the data group is bound to (AS 0 after reset) and
-leave the CVQ on its own AS are exact.
+(``umem_uid_0``), i.e. what a CLEAN_MAP reset does on newer kernels.  6.1 keeps
+*one* data-vq MR (``mvdev->mr``, built for the AS the data group is bound to)
+instead of one per AS (:data:`PER_ASID_MR`): ``set_map`` of another AS leaves it
+alone, ``device_iotlb(asid)`` is that MR when the data group is bound to ``asid``
+(else empty), ``set_group_asid`` only records the binding, and the CVQ iotlb is
+appended to without a prune while no data MR exists.
 """
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ DESC_GROUP = Since((6, 7), "(unverified) vdpa/mlx5: descriptor group mkey",
                    verified=False)
 #: the ``resume`` op; bracketed: absent in 6.1.192, present in 6.12.118
 RESUME = Since((6, 2), "(unverified) vdpa/mlx5: resume op", verified=False)
+#: one MR per address space (``mres.mr[asid]``, ``mlx5_vdpa_update_mr``,
+#: ``update_cvq_iotlb``); before it one data-vq MR (``mvdev->mr``) and
+#: ``mlx5_vdpa_handle_set_map``/``change_map``.  Bracketed: 6.1.192 has the single
+#: MR, 6.12.118 the per-AS MRs.
+PER_ASID_MR = Since((6, 7), "(unverified) vdpa/mlx5: MRs per address space",
+                    verified=False)
 
 
 class _MR:
@@ -169,8 +175,23 @@ class Mlx5(Backend):
         return self.nvqs - 1 if self.nvqs % 2 == 1 else None
 
     def _update_mr(self, mr: Optional[_MR], asid: int) -> None:
-        """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old."""
-        self._mr[asid] = mr
+        """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old.
+        Before :data:`PER_ASID_MR` the one data-vq MR is created / destroyed only
+        for the AS the data group is bound to (``_mlx5_vdpa_create_dvq_mr``,
+        ``_mlx5_vdpa_destroy_dvq_mr``)."""
+        if self.kernel in PER_ASID_MR:
+            self._mr[asid] = mr
+        elif self._group2asid[DATAVQ_GROUP] == asid:
+            self._mr[DATAVQ_GROUP] = mr
+
+    def _mr_of(self, asid: int) -> Optional[_MR]:
+        """The MR the device translates ``asid`` through (6.1: the data-vq MR when
+        the data group is bound to ``asid``)."""
+        if self.kernel in PER_ASID_MR:
+            return self._mr[asid]
+        if self._group2asid[DATAVQ_GROUP] == asid:
+            return self._mr[DATAVQ_GROUP]
+        return None
 
     def _update_cvq_iotlb(self, src, asid: int) -> None:
         """``mlx5_vdpa_update_cvq_iotlb``: only when the CVQ group is bound to
@@ -209,6 +230,9 @@ class Mlx5(Backend):
         ('user', 1)
         """
         self._check_op_asid("set_map", asid)
+        if self.kernel not in PER_ASID_MR:
+            self._set_map_single_mr(asid, iotlb_)
+            return
         if iotlb_.first(0, U64_MAX) is not None:
             tlb = iotlb.IOTLB()
             _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
@@ -218,6 +242,37 @@ class Mlx5(Backend):
         # update_mr (no old MR) or change_map (suspend vqs, swap, resume): same state.
         self._update_mr(new_mr, asid)
         self._update_cvq_iotlb(iotlb_, asid)
+
+    def _set_map_single_mr(self, asid: int, src) -> None:
+        """``mlx5_vdpa_set_map`` before :data:`PER_ASID_MR` (6.1):
+        ``mlx5_vdpa_handle_set_map`` -- with a data MR (``mr->initialized``)
+        ``mlx5_vdpa_change_map``: ``mlx5_vdpa_destroy_mr_asid(asid)`` (the data MR if
+        the data group is on ``asid``; the CVQ iotlb pruned if the CVQ group is) then
+        ``mlx5_vdpa_create_mr(iotlb, asid)``; without one, ``create_mr`` alone:
+        ``_mlx5_vdpa_create_dvq_mr`` (a user MR from the whole IOTLB if the data
+        group is on ``asid`` and no MR exists) and ``_mlx5_vdpa_create_cvq_mr``
+        (``dup_iotlb`` into the CVQ iotlb -- appended, not pruned first -- if the
+        CVQ group is on ``asid``).  An empty IOTLB makes a user MR that translates
+        nothing (``create_user_mr`` with no entry: what the firmware does with it is
+        not in the source).
+
+        >>> import iotlb
+        >>> old = Mlx5(kernel="6.1"); t = iotlb.IOTLB(); t.map(0, 0xfff, 0x3000)
+        >>> old.set_map(1, t); old.mr_kind(0), old.mr_kind(1), len(old.cvq_iotlb)
+        ('dma', None, 2)
+        """
+        g2a = self._group2asid
+        if self._mr[DATAVQ_GROUP] is not None:            # change_map
+            if g2a[DATAVQ_GROUP] == asid:
+                self._mr[DATAVQ_GROUP] = None
+            if g2a[CVQ_GROUP] == asid:
+                self._cvq.unmap()                           # prune_iotlb
+        if g2a[DATAVQ_GROUP] == asid and self._mr[DATAVQ_GROUP] is None:
+            tlb = iotlb.IOTLB()
+            _dup_iotlb(tlb, src)                            # create_user_mr
+            self._mr[DATAVQ_GROUP] = _MR("user", tlb)
+        if g2a[CVQ_GROUP] == asid:
+            _dup_iotlb(self._cvq, src)
 
     def reset_map(self, asid: int) -> None:
         """``mlx5_vdpa_reset_map`` → ``mlx5_vdpa_reset_mr``: ``asid >= 2`` is EINVAL;
@@ -315,6 +370,8 @@ class Mlx5(Backend):
                              f"set_group_asid: group {group} >= ngroups {self.ngroups}")
         self._check_op_asid("set_group_asid", asid)
         self._group2asid[group] = asid
+        if self.kernel not in PER_ASID_MR:
+            return                      # 6.1: mlx5_set_group_asid records it, no more
         mr = self._mr[asid]
         if group == CVQ_GROUP and mr is not None:
             self._update_cvq_iotlb(mr.iotlb, asid)
@@ -354,7 +411,7 @@ class Mlx5(Backend):
         (2, 0)
         """
         self._check_asid(asid)
-        mr = self._mr[asid]
+        mr = self._mr_of(asid)
         return iotlb.IOTLB() if mr is None else mr.iotlb.copy()
 
     def mr_kind(self, asid: int) -> Optional[str]:
@@ -364,7 +421,7 @@ class Mlx5(Backend):
         'dma'
         """
         self._check_asid(asid)
-        mr = self._mr[asid]
+        mr = self._mr_of(asid)
         return None if mr is None else mr.kind
 
     @property

@@ -305,3 +305,29 @@ def test_the_profile_reaches_the_backend():
     with pytest.raises(ValueError, match="kernel 6.12; it cannot serve kernel 6.1"):
         VhostVdpa(Mlx5(kernel="6.12"), kernel="6.1")
     assert VhostVdpa(VdpaSim(kernel="7.2"), kernel="7.2+no-release-reset-map").kernel.policy
+
+
+def test_mlx5_6_1_has_one_data_mr():
+    """mlx5 on 6.1 keeps one data-vq MR (mvdev->mr): mlx5_vdpa_set_map →
+    mlx5_vdpa_handle_set_map / mlx5_vdpa_change_map touch it only for the AS the
+    data group is bound to (_mlx5_vdpa_create_dvq_mr / _destroy_dvq_mr);
+    mlx5_set_group_asid only records group2asid; _mlx5_vdpa_create_cvq_mr appends
+    to the CVQ iotlb (dup_iotlb) without a prune while no data MR exists."""
+    t = iotlb.IOTLB()
+    t.map(0x1000, 0x1fff, 0x9000)
+    mlx = Mlx5(kernel="6.1")
+    mlx.set_group_asid(1, 1)                 # CVQ on AS 1: no copy of anything
+    assert is_identity(mlx.cvq_iotlb)
+    mlx.set_map(1, t)                        # the data MR (AS 0) stays the DMA MR
+    assert mlx.mr_kind(0) == "dma" and mlx.mr_kind(1) is None
+    assert [m.addr for m in mlx.cvq_iotlb] == [0x9000]       # pruned, then copied
+    mlx.set_group_asid(0, 1)                 # the data group moves to AS 1 ...
+    assert mlx.mr_kind(1) == "dma" and mlx.mr_kind(0) is None   # ... and sees the MR
+    bare = Mlx5(kernel="6.1", umem_uid_0=False)
+    bare.set_group_asid(0, 1)                # data on AS 1, CVQ on AS 0: no data MR
+    bare.set_map(0, t)
+    bare.set_map(0, t)
+    assert len(bare.cvq_iotlb) == 2 and bare.mr_kind(1) is None
+    new = Mlx5(kernel="7.2")                 # per-AS MRs: set_map(1) makes MR 1
+    new.set_map(1, t)
+    assert new.mr_kind(1) == "user" and new.mr_kind(0) == "dma"

@@ -136,12 +136,12 @@ class Mlx5(Backend):
             ngroups = MLX5_VDPA_NUMVQ_GROUPS if has_desc else CVQ_GROUP + 1
         if type(ngroups) is not int or not 1 <= ngroups <= 0xFFFFFFFF:
             raise ValueError(f"ngroups must be an int in 1..2**32-1, got {ngroups!r}")
-        self.ngroups = ngroups
-        if desc_group and self.ngroups <= DATAVQ_DESC_GROUP:
+        if desc_group and ngroups <= DATAVQ_DESC_GROUP:
             raise ValueError(f"desc_group=True needs ngroups >= 3 (data-vq descriptor "
-                             f"group is {DATAVQ_DESC_GROUP}), got ngroups={self.ngroups}")
-        if self.ngroups <= CVQ_GROUP and self.cvq_index is not None:
-            raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={self.ngroups}")
+                             f"group is {DATAVQ_DESC_GROUP}), got ngroups={ngroups}")
+        if ngroups <= CVQ_GROUP and self.cvq_index is not None:
+            raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={ngroups}")
+        self.ngroups = ngroups                  # checked: from here nothing refuses
         # Ops the hardware lacks are NULLed in the op table, as mlx5_vdpa_dev_add does
         # with mgtdev->vdpa_ops (get_vq_desc_group without desc_group_mkey_supported,
         # resume without freeze_to_rdy_supported): here, an instance attribute None;

@@ -368,12 +368,17 @@ class Backend(abc.ABC):
         before = self.kernel
         self._kernel = profile
         if before.base != profile.base:
-            self._apply_kernel()
+            try:
+                self._apply_kernel()
+            except BaseException:
+                self._kernel = None         # still unbound, nothing else changed
+                raise
 
     def _apply_kernel(self) -> None:
         """Set up what depends on :attr:`kernel` (nothing here).  Subclasses call it
         at the end of ``__init__``; :meth:`bind_kernel` calls it again when an
-        unbound backend is bound to another kernel."""
+        unbound backend is bound to another kernel.  It must check everything it
+        can refuse (a ValueError) before it changes anything."""
 
     def _hide_ops(self, ops) -> None:
         """Make each op in ``ops`` absent on this instance (a NULL op pointer of the

@@ -156,8 +156,9 @@ class VhostVdpa(DeviceCore):
     names one (``VdpaSim(kernel="6.1")``), else the newest,
     :data:`iotlb.kernels.DEFAULT_KERNEL`.  The profile reaches the parent too: a
     backend with ``bind_kernel`` (every :class:`iotlb.backend.Backend`) is bound to
-    it here, so its op table and offered features are that kernel's parent's.  ``max_iotlb_entries`` is vhost_vdpa's module parameter of that
-    name: each address space's entry limit (default 2048; ``<= 0`` makes
+    it here, so its op table and offered features are that kernel's parent's.
+    ``max_iotlb_entries`` is vhost_vdpa's module parameter of that name: each
+    address space's entry limit (default 2048; ``<= 0`` makes
     ``vhost_vdpa_alloc_as`` fail, so UPDATE/BATCH_BEGIN get EINVAL).
     ``memlock_pages`` is ``RLIMIT_MEMLOCK`` in pages (None = unlimited); ``usermem``
     is the owner's memory model (a fresh identity-mapped :class:`UserMemory` by

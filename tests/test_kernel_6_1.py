@@ -237,8 +237,11 @@ def test_vdpa_sim_6_1_has_no_use_va():
     user VA" is v6.3): asking for it is an error, not a silent PA model."""
     with pytest.raises(ValueError, match="no use_va parameter"):
         VdpaSim(use_va=True, kernel="6.1")
+    sim = VdpaSim(use_va=True)
     with pytest.raises(ValueError, match="no use_va parameter"):
-        VhostVdpa(VdpaSim(use_va=True), kernel="6.1")
+        VhostVdpa(sim, kernel="6.1")
+    assert not sim.kernel_bound and sim.use_va and sim.kernel.name == "7.2"  # unchanged
+    assert getattr(sim, "reset_map", None) is not None
     assert not VdpaSim(use_va=False, kernel="6.1").use_va
 
 

@@ -23,6 +23,17 @@ software control queue translates through (:attr:`Mlx5.cvq_iotlb`).
 >>> dev.set_map(0, iotlb.IOTLB()); dev.mr_kind(0)   # empty IOTLB: no MR, not the DMA MR
 >>> dev.compat_reset(VDPA_RESET_F_CLEAN_MAP); dev.mr_kind(0)
 'dma'
+
+The driver of each kernel (:attr:`~iotlb.backend.Backend.kernel`): on 6.1 (Debian's
+6.1.192, read from its source, not checked on hardware) there is no ``reset_map``,
+``compat_reset``, ``resume`` or ``get_vq_desc_group``, two vq groups, and the plain
+``reset`` drops every MR and the CVQ iotlb and re-creates the DMA MR
+(``umem_uid_0``), i.e. what a CLEAN_MAP reset does on newer kernels.  6.1 keeps
+*one* data-vq MR (``mvdev->mr``, built for the AS the data group is bound to)
+instead of one per AS (:data:`PER_ASID_MR`): ``set_map`` of another AS leaves it
+alone, ``device_iotlb(asid)`` is that MR when the data group is bound to ``asid``
+(else empty), ``set_group_asid`` only records the binding, and the CVQ iotlb is
+appended to without a prune while no data MR exists.
 """
 from __future__ import annotations
 
@@ -32,6 +43,7 @@ from typing import Optional
 import iotlb
 from iotlb import U64_MAX, IOTLBError, Perm
 from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend
+from iotlb.kernels import Since
 
 __all__ = ["Mlx5", "MLX5_VDPA_NUM_AS", "DATAVQ_GROUP", "CVQ_GROUP", "DATAVQ_DESC_GROUP"]
 
@@ -40,6 +52,22 @@ DATAVQ_GROUP = 0
 CVQ_GROUP = 1
 DATAVQ_DESC_GROUP = 2
 MLX5_VDPA_NUMVQ_GROUPS = 3
+
+# --- mlx5's rules by kernel (absent before the version; see Mlx5._apply_kernel)
+#: ``reset_map``, ``compat_reset`` and a plain reset that keeps the MRs
+RESET_MAP = Since((6, 7), "vdpa/mlx5: implement .reset_map driver op")
+#: the data-vq descriptor group (``get_vq_desc_group``, ``MLX5_VDPA_NUMVQ_GROUPS``
+#: 3); bracketed: absent in 6.1.192, present in 6.12.118
+DESC_GROUP = Since((6, 7), "(unverified) vdpa/mlx5: descriptor group mkey",
+                   verified=False)
+#: the ``resume`` op; bracketed: absent in 6.1.192, present in 6.12.118
+RESUME = Since((6, 2), "(unverified) vdpa/mlx5: resume op", verified=False)
+#: one MR per address space (``mres.mr[asid]``, ``mlx5_vdpa_update_mr``,
+#: ``update_cvq_iotlb``); before it one data-vq MR (``mvdev->mr``) and
+#: ``mlx5_vdpa_handle_set_map``/``change_map``.  Bracketed: 6.1.192 has the single
+#: MR, 6.12.118 the per-AS MRs.
+PER_ASID_MR = Since((6, 7), "(unverified) vdpa/mlx5: MRs per address space",
+                    verified=False)
 
 
 class _MR:
@@ -72,7 +100,10 @@ class Mlx5(Backend):
     capability that makes the driver create a DMA MR for AS 0 at creation and after
     a CLEAN_MAP reset or ``reset_map(0)``), ``desc_group=True``
     (``desc_group_mkey_supported``: ``get_vq_desc_group`` present, so DESC_ASID is
-    offered), ``resume=True`` (``freeze_to_rdy_supported``: ``resume`` present).
+    offered), ``resume=True`` (``freeze_to_rdy_supported``: ``resume`` present),
+    ``kernel`` (see :class:`~iotlb.backend.Backend`).  ``desc_group``, ``resume``
+    and ``ngroups`` default (None) to what the kernel's driver has; asking a kernel
+    for an op its driver lacks is a ValueError.
 
     >>> Mlx5(umem_uid_0=False).mr_kind(0) is None
     True
@@ -80,24 +111,49 @@ class Mlx5(Backend):
     True
     """
 
-    def __init__(self, *, nas: int = MLX5_VDPA_NUM_AS, ngroups: int = MLX5_VDPA_NUMVQ_GROUPS,
+    def __init__(self, *, nas: int = MLX5_VDPA_NUM_AS, ngroups=None,
                  nvqs: int = 3, iova_range=(0, U64_MAX), umem_uid_0: bool = True,
-                 desc_group: bool = True, resume: bool = True) -> None:
-        super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
-                         use_va=False)
-        if desc_group and self.ngroups <= DATAVQ_DESC_GROUP:
-            raise ValueError(f"desc_group=True needs ngroups >= 3 (data-vq descriptor "
-                             f"group is {DATAVQ_DESC_GROUP}), got ngroups={self.ngroups}")
-        if self.ngroups <= CVQ_GROUP and self.cvq_index is not None:
-            raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={self.ngroups}")
+                 desc_group=None, resume=None, kernel=None) -> None:
+        self._options = (ngroups, desc_group, resume)
+        super().__init__(nas=nas, ngroups=1 if ngroups is None else ngroups, nvqs=nvqs,
+                         iova_range=iova_range, use_va=False, kernel=kernel)
         self.umem_uid_0 = bool(umem_uid_0)
+        self._apply_kernel()
+
+    def _apply_kernel(self) -> None:
+        """The driver of :attr:`kernel`: groups, op table, and the state
+        ``mlx5_vdpa_dev_add`` leaves (a DMA MR for AS 0 with ``umem_uid_0``)."""
+        kernel = self.kernel
+        ngroups, desc_group, resume = self._options
+        has_desc, has_resume = kernel in DESC_GROUP, kernel in RESUME
+        for name, asked, has in (("desc_group", desc_group, has_desc),
+                                 ("resume", resume, has_resume)):
+            if asked and not has:
+                raise ValueError(f"mlx5 on kernel {kernel.base} has no {name} op")
+        desc_group = has_desc if desc_group is None else bool(desc_group)
+        resume = has_resume if resume is None else bool(resume)
+        if ngroups is None:
+            ngroups = MLX5_VDPA_NUMVQ_GROUPS if has_desc else CVQ_GROUP + 1
+        if type(ngroups) is not int or not 1 <= ngroups <= 0xFFFFFFFF:
+            raise ValueError(f"ngroups must be an int in 1..2**32-1, got {ngroups!r}")
+        if desc_group and ngroups <= DATAVQ_DESC_GROUP:
+            raise ValueError(f"desc_group=True needs ngroups >= 3 (data-vq descriptor "
+                             f"group is {DATAVQ_DESC_GROUP}), got ngroups={ngroups}")
+        if ngroups <= CVQ_GROUP and self.cvq_index is not None:
+            raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={ngroups}")
+        self.ngroups = ngroups                  # checked: from here nothing refuses
         # Ops the hardware lacks are NULLed in the op table, as mlx5_vdpa_dev_add does
         # with mgtdev->vdpa_ops (get_vq_desc_group without desc_group_mkey_supported,
-        # resume without freeze_to_rdy_supported): here, an instance attribute None.
+        # resume without freeze_to_rdy_supported): here, an instance attribute None;
+        # so are the ops the kernel's driver does not have.
+        hidden = []
         if not desc_group:
-            self.get_vq_desc_group = None
+            hidden.append("get_vq_desc_group")
         if not resume:
-            self.resume = None
+            hidden.append("resume")
+        if kernel not in RESET_MAP:
+            hidden += ["reset_map", "compat_reset"]
+        self._hide_ops(hidden)
         self._mr: list = [None] * self.nas
         self._group2asid = [0] * self.ngroups
         self._cvq = iotlb.IOTLB()
@@ -119,8 +175,23 @@ class Mlx5(Backend):
         return self.nvqs - 1 if self.nvqs % 2 == 1 else None
 
     def _update_mr(self, mr: Optional[_MR], asid: int) -> None:
-        """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old."""
-        self._mr[asid] = mr
+        """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old.
+        Before :data:`PER_ASID_MR` the one data-vq MR is created / destroyed only
+        for the AS the data group is bound to (``_mlx5_vdpa_create_dvq_mr``,
+        ``_mlx5_vdpa_destroy_dvq_mr``)."""
+        if self.kernel in PER_ASID_MR:
+            self._mr[asid] = mr
+        elif self._group2asid[DATAVQ_GROUP] == asid:
+            self._mr[DATAVQ_GROUP] = mr
+
+    def _mr_of(self, asid: int) -> Optional[_MR]:
+        """The MR the device translates ``asid`` through (6.1: the data-vq MR when
+        the data group is bound to ``asid``)."""
+        if self.kernel in PER_ASID_MR:
+            return self._mr[asid]
+        if self._group2asid[DATAVQ_GROUP] == asid:
+            return self._mr[DATAVQ_GROUP]
+        return None
 
     def _update_cvq_iotlb(self, src, asid: int) -> None:
         """``mlx5_vdpa_update_cvq_iotlb``: only when the CVQ group is bound to
@@ -159,6 +230,9 @@ class Mlx5(Backend):
         ('user', 1)
         """
         self._check_op_asid("set_map", asid)
+        if self.kernel not in PER_ASID_MR:
+            self._set_map_single_mr(asid, iotlb_)
+            return
         if iotlb_.first(0, U64_MAX) is not None:
             tlb = iotlb.IOTLB()
             _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
@@ -168,6 +242,37 @@ class Mlx5(Backend):
         # update_mr (no old MR) or change_map (suspend vqs, swap, resume): same state.
         self._update_mr(new_mr, asid)
         self._update_cvq_iotlb(iotlb_, asid)
+
+    def _set_map_single_mr(self, asid: int, src) -> None:
+        """``mlx5_vdpa_set_map`` before :data:`PER_ASID_MR` (6.1):
+        ``mlx5_vdpa_handle_set_map`` -- with a data MR (``mr->initialized``)
+        ``mlx5_vdpa_change_map``: ``mlx5_vdpa_destroy_mr_asid(asid)`` (the data MR if
+        the data group is on ``asid``; the CVQ iotlb pruned if the CVQ group is) then
+        ``mlx5_vdpa_create_mr(iotlb, asid)``; without one, ``create_mr`` alone:
+        ``_mlx5_vdpa_create_dvq_mr`` (a user MR from the whole IOTLB if the data
+        group is on ``asid`` and no MR exists) and ``_mlx5_vdpa_create_cvq_mr``
+        (``dup_iotlb`` into the CVQ iotlb -- appended, not pruned first -- if the
+        CVQ group is on ``asid``).  An empty IOTLB makes a user MR that translates
+        nothing (``create_user_mr`` with no entry: what the firmware does with it is
+        not in the source).
+
+        >>> import iotlb
+        >>> old = Mlx5(kernel="6.1"); t = iotlb.IOTLB(); t.map(0, 0xfff, 0x3000)
+        >>> old.set_map(1, t); old.mr_kind(0), old.mr_kind(1), len(old.cvq_iotlb)
+        ('dma', None, 2)
+        """
+        g2a = self._group2asid
+        if self._mr[DATAVQ_GROUP] is not None:            # change_map
+            if g2a[DATAVQ_GROUP] == asid:
+                self._mr[DATAVQ_GROUP] = None
+            if g2a[CVQ_GROUP] == asid:
+                self._cvq.unmap()                           # prune_iotlb
+        if g2a[DATAVQ_GROUP] == asid and self._mr[DATAVQ_GROUP] is None:
+            tlb = iotlb.IOTLB()
+            _dup_iotlb(tlb, src)                            # create_user_mr
+            self._mr[DATAVQ_GROUP] = _MR("user", tlb)
+        if g2a[CVQ_GROUP] == asid:
+            _dup_iotlb(self._cvq, src)
 
     def reset_map(self, asid: int) -> None:
         """``mlx5_vdpa_reset_map`` → ``mlx5_vdpa_reset_mr``: ``asid >= 2`` is EINVAL;
@@ -209,12 +314,21 @@ class Mlx5(Backend):
 
     def reset(self) -> None:
         """``mlx5_vdpa_reset`` = ``compat_reset(0)``: MRs and CVQ iotlb kept,
-        group2asid reset.
+        group2asid reset.  Before :data:`RESET_MAP` (6.1) the reset always drops the
+        MRs and the CVQ iotlb and re-creates the DMA MR (``mlx5_vdpa_destroy_mr``,
+        ``mlx5_vdpa_create_mr(mvdev, NULL, 0)``): a CLEAN_MAP reset.
 
         >>> dev = Mlx5(); dev.set_group_asid(1, 1); dev.reset(); dev.group_asid(1)
         0
+        >>> import iotlb
+        >>> old = Mlx5(kernel="6.1"); t = iotlb.IOTLB(); t.map(0, 0xfff, 0)
+        >>> old.set_map(0, t); old.reset(); old.mr_kind(0)
+        'dma'
         """
-        self.compat_reset(0)
+        if self.kernel not in RESET_MAP:
+            Mlx5.compat_reset(self, VDPA_RESET_F_CLEAN_MAP)
+        else:
+            self.compat_reset(0)
 
     # ------------------------------------------------------------------ groups
     def _is_ctrl_vq(self, vq: int) -> bool:
@@ -256,6 +370,8 @@ class Mlx5(Backend):
                              f"set_group_asid: group {group} >= ngroups {self.ngroups}")
         self._check_op_asid("set_group_asid", asid)
         self._group2asid[group] = asid
+        if self.kernel not in PER_ASID_MR:
+            return                      # 6.1: mlx5_set_group_asid records it, no more
         mr = self._mr[asid]
         if group == CVQ_GROUP and mr is not None:
             self._update_cvq_iotlb(mr.iotlb, asid)
@@ -295,7 +411,7 @@ class Mlx5(Backend):
         (2, 0)
         """
         self._check_asid(asid)
-        mr = self._mr[asid]
+        mr = self._mr_of(asid)
         return iotlb.IOTLB() if mr is None else mr.iotlb.copy()
 
     def mr_kind(self, asid: int) -> Optional[str]:
@@ -305,7 +421,7 @@ class Mlx5(Backend):
         'dma'
         """
         self._check_asid(asid)
-        mr = self._mr[asid]
+        mr = self._mr_of(asid)
         return None if mr is None else mr.kind
 
     @property

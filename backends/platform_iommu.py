@@ -48,7 +48,11 @@ class PlatformIommu(Backend):
     Options: ``nas=1``, ``ngroups=1`` (anything else is refused with EOPNOTSUPP, as
     ``vhost_vdpa_probe`` refuses to bind such a device), ``nvqs=3``,
     ``iova_range=(0, U64_MAX)`` (the domain aperture), ``page_size=4096`` (the IOMMU's
-    smallest page: ``iommu_map``/``iommu_unmap`` need aligned iova, pa and size).
+    smallest page: ``iommu_map``/``iommu_unmap`` need aligned iova, pa and size),
+    ``kernel`` (:class:`~iotlb.backend.Backend`; the platform parents behave the same
+    on every profile: no ``compat_reset``/``reset_map`` on any kernel, a ``reset``
+    that never touches the domain -- so on 6.1 too the mappings survive
+    SET_STATUS(0)).
     ``use_va`` is always False.
 
     >>> PlatformIommu(nas=2)
@@ -58,9 +62,9 @@ class PlatformIommu(Backend):
     """
 
     def __init__(self, *, nas: int = 1, ngroups: int = 1, nvqs: int = 3,
-                 iova_range=(0, U64_MAX), page_size: int = 4096) -> None:
+                 iova_range=(0, U64_MAX), page_size: int = 4096, kernel=None) -> None:
         super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
-                         use_va=False)
+                         use_va=False, kernel=kernel)
         if self.nas != 1 or self.ngroups != 1:
             raise IOTLBError(errno.EOPNOTSUPP,
                              f"platform-IOMMU parents need nas = ngroups = 1 "

@@ -14,6 +14,14 @@ right one, so the other table's ops are truly absent.  Both have ``reset``,
 ``compat_reset``, ``reset_map``, ``set_group_asid``, ``suspend``, ``resume`` and offer
 ``ENABLE_AFTER_DRIVER_OK``.
 
+The simulator of each kernel (:attr:`~iotlb.backend.Backend.kernel`, ``kernel=`` or
+bound by :class:`~iotlb.vdpa.VhostVdpa`): the rules below are :class:`Since` markers
+read against it.  On 6.1 (Debian's 6.1.192) the op tables have only ``reset`` and
+``suspend`` of those (no ``compat_reset``, ``reset_map``, ``resume``,
+``get_backend_features``), every AS starts *empty* (no identity map, no
+passthrough flag), ``reset`` empties every AS, and there is no ``use_va``
+parameter: vhost-vdpa always takes its PA path.
+
 >>> import iotlb
 >>> from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, is_identity
 >>> sim = VdpaSim()
@@ -34,6 +42,7 @@ import errno
 import iotlb
 from iotlb import U64_MAX, IOTLBError, Perm
 from iotlb.backend import BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend
+from iotlb.kernels import Since
 
 __all__ = ["VdpaSim", "VdpaSimSetMap", "VdpaSimDmaMap", "MAX_IOTLB_ENTRIES"]
 
@@ -47,15 +56,33 @@ MAX_IOTLB_ENTRIES = 2048
 CVQ_INDEX = 2
 CVQ_GROUP = 1
 
+# --- vdpa_sim's rules by kernel (absent before the version: see VdpaSim._apply_kernel)
+#: the ``use_va`` module parameter: vhost-vdpa's VA path (before it, always PA)
+USE_VA = Since((6, 3), "vdpa_sim: add support for user VA")
+#: the ``resume`` op
+RESUME = Since((6, 3), "vdpa_sim: Implement resume vdpa op")
+#: the ``get_backend_features`` op offering ENABLE_AFTER_DRIVER_OK
+ENABLE_AFTER_DRIVER_OK = Since((6, 6), "vdpa_sim: offer VHOST_BACKEND_F_ENABLE_AFTER_DRIVER_OK")
+#: ``reset_map`` and ``compat_reset``: a plain reset keeps the maps, CLEAN_MAP (or
+#: reset_map) restores the default; before it ``vdpasim_do_reset`` empties every AS
+RESET_MAP = Since((6, 7), "vdpa_sim: implement .reset_map support")
+#: every AS starts as the identity map with ``iommu_pt`` set (passthrough; dma_map,
+#: dma_unmap and set_map drop it first); before it every AS starts empty.  Bracketed:
+#: absent in 6.1.192, present in 6.12.118.
+PASSTHROUGH = Since((6, 2), "(unverified) vdpa_sim: identity map and iommu_pt by "
+                    "default", verified=False)
+
 
 class VdpaSim(Backend):
     """The simulator; ``VdpaSim(...)`` returns a :class:`VdpaSimSetMap` (default,
     ``batch_mapping=True``) or a :class:`VdpaSimDmaMap` (``batch_mapping=False``).
 
     Options: ``nas=2, ngroups=2, nvqs=3`` (vdpasim_net), ``iova_range=(0, U64_MAX)``,
-    ``use_va=True`` (module parameter; vhost-vdpa then uses its VA path, no pinning),
-    ``batch_mapping=True``, ``max_iotlb_entries=2048`` (module parameter: the limit of
-    each ``iommu[asid]``).
+    ``use_va`` (module parameter; vhost-vdpa then uses its VA path, no pinning;
+    default None = the kernel's default: True, or False on a kernel without the
+    parameter, where True is a ValueError), ``batch_mapping=True``,
+    ``max_iotlb_entries=2048`` (module parameter: the limit of each
+    ``iommu[asid]``), ``kernel`` (see :class:`~iotlb.backend.Backend`).
 
     Subclassing works for tests: a subclass of ``VdpaSim`` gets the table mixed in
     according to ``batch_mapping``; a subclass of ``VdpaSimSetMap``/``VdpaSimDmaMap``
@@ -92,11 +119,14 @@ class VdpaSim(Backend):
         return object.__new__(cls)
 
     def __init__(self, *, nas: int = 2, ngroups: int = 2, nvqs: int = 3,
-                 iova_range=(0, U64_MAX), use_va: bool = True,
+                 iova_range=(0, U64_MAX), use_va=None,
                  batch_mapping: bool = True,
-                 max_iotlb_entries: int = MAX_IOTLB_ENTRIES) -> None:
+                 max_iotlb_entries: int = MAX_IOTLB_ENTRIES, kernel=None) -> None:
+        if use_va is not None and not isinstance(use_va, (bool, int)):
+            raise TypeError(f"use_va must be a bool, got {type(use_va).__name__}")
         super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
-                         use_va=use_va)
+                         use_va=bool(use_va), kernel=kernel)
+        self._use_va_option = use_va
         if type(max_iotlb_entries) is not int or not 2 <= max_iotlb_entries < 2**31:
             # below 2 the identity map vdpasim_create adds ([0, ~0], two entries) fails
             # and the kernel ignores that; the model does not go there
@@ -104,29 +134,69 @@ class VdpaSim(Backend):
                              f"values are not modelled), got {max_iotlb_entries!r}")
         self.batch_mapping = isinstance(self, VdpaSimSetMap)
         self.max_iotlb_entries = max_iotlb_entries
-        # vdpasim_create: every AS = identity, pt = true; every vring bound to AS 0.
-        self._iommu = []
-        for _ in range(self.nas):
-            tlb = iotlb.IOTLB(max_iotlb_entries)
-            tlb.map(0, U64_MAX, 0, Perm.RW)
-            self._iommu.append(tlb)
-        self._pt = [True] * self.nas
+        self._iommu = [iotlb.IOTLB(max_iotlb_entries) for _ in range(self.nas)]
+        self._pt = [False] * self.nas
         self._vring_asid = [0] * self.nvqs
-        #: False between ``suspend()`` and ``resume()``/reset (``vdpasim->running``).
+        #: ``vdpasim->running``: set by DRIVER_OK and resume, cleared by suspend and
+        #: reset ("vdpa_sim: reset must not run").
         self.running = True
         #: config generation, bumped by every reset.
         self.generation = 0
+        self._apply_kernel()
+
+    def _apply_kernel(self) -> None:
+        """The simulator of :attr:`kernel`: ``use_va``, the op table, and the state
+        ``vdpasim_create`` leaves (every AS identity with ``pt`` set -- or empty,
+        before :data:`PASSTHROUGH`; every vring on AS 0).
+
+        >>> sim = VdpaSim(kernel="6.1")
+        >>> sim.use_va, len(sim.device_iotlb(0)), getattr(sim, "reset_map", None)
+        (False, 0, None)
+        """
+        kernel = self.kernel
+        option = self._use_va_option
+        if kernel in USE_VA:
+            self.use_va = True if option is None else bool(option)
+        elif option:
+            raise ValueError(f"vdpa_sim on kernel {kernel.base} has no use_va parameter "
+                             f"(added in v{'.'.join(map(str, USE_VA.version))}, "
+                             f"{USE_VA.subject!r}): vhost-vdpa always uses its PA path")
+        else:
+            self.use_va = False
+        hidden = []
+        if kernel not in RESUME:
+            hidden.append("resume")
+        if kernel not in ENABLE_AFTER_DRIVER_OK:
+            hidden.append("get_backend_features")
+        if kernel not in RESET_MAP:
+            hidden += ["reset_map", "compat_reset"]
+        self._hide_ops(hidden)
+        # vdpasim_create
+        pt = kernel in PASSTHROUGH
+        for asid in range(self.nas):
+            if pt:
+                self._identity(asid)
+            else:
+                self._iommu[asid].unmap()
+                self._pt[asid] = False
+        for vq in range(self.nvqs):
+            self._vring_asid[vq] = 0
 
     # ------------------------------------------------------------------ reset
     def _do_reset(self, flags: int) -> None:
         """``vdpasim_do_reset``: reset every vq and rebind it to ``iommu[0]``; with
-        CLEAN_MAP every AS back to identity with ``pt`` set."""
+        CLEAN_MAP every AS back to identity with ``pt`` set -- before
+        :data:`RESET_MAP` (6.1: no flags) every AS is emptied instead; not running
+        afterwards."""
         for vq in range(self.nvqs):
             self._vring_asid[vq] = 0
-        if flags & VDPA_RESET_F_CLEAN_MAP:
+        if self.kernel not in RESET_MAP:
+            for asid in range(self.nas):
+                self._iommu[asid].unmap()       # vhost_iotlb_reset
+        elif flags & VDPA_RESET_F_CLEAN_MAP:
             for asid in range(self.nas):
                 self._identity(asid)
-        self.running = True
+        self.running = False
         self._status = 0
         self.generation += 1
 
@@ -136,10 +206,24 @@ class VdpaSim(Backend):
         tlb.map(0, U64_MAX, 0, Perm.RW)
         self._pt[asid] = True
 
+    def set_status(self, status: int) -> None:
+        """``vdpasim_set_status``: store the status; running iff DRIVER_OK is set.
+
+        >>> b = VdpaSim(); b.reset(); b.running, (b.set_status(7), b.running)[1]
+        (False, True)
+        """
+        super().set_status(status)
+        self.running = bool(status & 0x4)
+
     def reset(self) -> None:
-        """``vdpasim_reset`` = ``compat_reset(0)``: vrings back to AS 0, maps kept.
+        """``vdpasim_reset`` = ``compat_reset(0)``: vrings back to AS 0, maps kept
+        (6.1: every AS emptied).
 
         >>> b = VdpaSim(); b.set_group_asid(1, 1); b.reset(); b.group_asid(1)
+        0
+        >>> import iotlb
+        >>> old = VdpaSim(kernel="6.1"); t = iotlb.IOTLB(); t.map(0, 0xfff, 0x5000)
+        >>> old.set_map(0, t); old.reset(); len(old.device_iotlb(0))
         0
         """
         self._do_reset(0)

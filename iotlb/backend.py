@@ -37,6 +37,7 @@ import threading
 from typing import Dict, Iterable, Optional, Tuple
 
 from . import IOTLB, U64_MAX, IOTLBError, Perm
+from .kernels import KernelProfile, kernel_profile
 from .wire import BackendFeature
 
 __all__ = [
@@ -146,12 +147,17 @@ def has_persistent_map(backend) -> bool:
     """``vhost_vdpa_has_persistent_map()``: may IOTLB_PERSIST be offered?
 
     True for platform parents (no ``set_map``/``dma_map``), for parents with
-    ``reset_map``, and for parents whose ``get_backend_features()`` has IOTLB_PERSIST.
+    ``reset_map``, and for parents whose ``get_backend_features()`` has IOTLB_PERSIST
+    -- on a kernel that knows IOTLB_PERSIST at all (the backend's
+    :attr:`Backend.kernel`; 6.1 does not).
 
     >>> from iotlb_backends.mlx5 import Mlx5
-    >>> has_persistent_map(Mlx5())
-    True
+    >>> has_persistent_map(Mlx5()), has_persistent_map(Mlx5(kernel="6.1"))
+    (True, False)
     """
+    profile = getattr(backend, "kernel", None)
+    if isinstance(profile, KernelProfile) and not profile.iotlb_persist:
+        return False
     if getattr(backend, "set_map", None) is None and getattr(backend, "dma_map", None) is None:
         return True
     if getattr(backend, "reset_map", None) is not None:
@@ -252,8 +258,16 @@ class Backend(abc.ABC):
     An op is *absent* when ``getattr(backend, op, None) is None``: leave it
     undefined, or hide an inherited one with ``op = None`` in a subclass.
 
-    ``__init__(*, nas=1, ngroups=1, nvqs=2, iova_range=(0, U64_MAX), use_va=False)``
-    validates and stores the attributes; subclasses pass their own defaults.
+    ``__init__(*, nas=1, ngroups=1, nvqs=2, iova_range=(0, U64_MAX), use_va=False,
+    kernel=None)`` validates and stores the attributes; subclasses pass their own
+    defaults.
+
+    **Kernel.**  A parent driver differs between kernels too (vdpa_sim on 6.1 has no
+    ``reset_map``, and its reset empties its maps).  :attr:`kernel` is the
+    :class:`~iotlb.kernels.KernelProfile` the backend models: the ``kernel=``
+    option, or else the one :class:`~iotlb.vdpa.VhostVdpa` binds it to with
+    :meth:`bind_kernel` (the default kernel until then).  A subclass whose ops or
+    initial state depend on the kernel overrides :meth:`_apply_kernel`.
     Helpers for subclasses: ``self._check_op_asid(op, asid)`` raises the parents'
     ``IOTLBError(EINVAL)`` for ``asid >= nas``; ``self._check_asid(asid)`` raises
     ``ValueError`` (for observation methods).
@@ -283,7 +297,10 @@ class Backend(abc.ABC):
     """
 
     def __init__(self, *, nas: int = 1, ngroups: int = 1, nvqs: int = 2,
-                 iova_range: Tuple[int, int] = (0, U64_MAX), use_va: bool = False) -> None:
+                 iova_range: Tuple[int, int] = (0, U64_MAX), use_va: bool = False,
+                 kernel=None) -> None:
+        self._kernel: Optional[KernelProfile] = (None if kernel is None
+                                                 else kernel_profile(kernel))
         self.nas = _positive(nas, "nas")
         self.ngroups = _positive(ngroups, "ngroups")
         self.nvqs = _positive(nvqs, "nvqs")
@@ -304,6 +321,70 @@ class Backend(abc.ABC):
             raise ValueError(f"iova_range first {first:#x} > last {last:#x}")
         self._iova_range = (first, last)
         self._status = 0
+
+    # ---------------------------------------------------------------- kernel
+    @property
+    def kernel(self) -> KernelProfile:
+        """The kernel profile this parent models: the ``kernel=`` option or the
+        profile :meth:`bind_kernel` bound it to; the default kernel while unbound.
+
+        >>> from iotlb_backends.platform_iommu import PlatformIommu
+        >>> PlatformIommu().kernel.name, PlatformIommu(kernel="6.1").kernel.name
+        ('7.2', '6.1')
+        """
+        return self._kernel if self._kernel is not None else kernel_profile()
+
+    @property
+    def kernel_bound(self) -> bool:
+        """Whether a kernel was given (``kernel=``) or bound (:meth:`bind_kernel`)."""
+        return self._kernel is not None
+
+    def bind_kernel(self, profile) -> None:
+        """Make this parent the one of ``profile``'s kernel (called by
+        :class:`~iotlb.vdpa.VhostVdpa` when it is built on this backend).
+
+        An unbound backend takes the profile and, when the kernel differs from the
+        default it modelled so far, re-applies :meth:`_apply_kernel` (op table,
+        offered features and the parent's *initial* state: bind before use).  A
+        bound backend accepts another profile of the same real kernel (a what-if
+        policy changes vhost-vdpa, not the parent) and refuses any other with a
+        ValueError: one parent driver belongs to one kernel.
+
+        >>> from iotlb_backends.vdpa_sim import VdpaSim
+        >>> sim = VdpaSim(); sim.bind_kernel("6.1"); sim.kernel.name, sim.use_va
+        ('6.1', False)
+        >>> sim.bind_kernel("7.2")
+        Traceback (most recent call last):
+        ...
+        ValueError: VdpaSimSetMap models the parent driver of kernel 6.1; it cannot serve kernel 7.2
+        """
+        profile = kernel_profile(profile)
+        if self._kernel is not None:
+            if self._kernel.base != profile.base:
+                raise ValueError(f"{type(self).__name__} models the parent driver of "
+                                 f"kernel {self._kernel.base}; it cannot serve kernel "
+                                 f"{profile.base}")
+            return
+        before = self.kernel
+        self._kernel = profile
+        if before.base != profile.base:
+            try:
+                self._apply_kernel()
+            except BaseException:
+                self._kernel = None         # still unbound, nothing else changed
+                raise
+
+    def _apply_kernel(self) -> None:
+        """Set up what depends on :attr:`kernel` (nothing here).  Subclasses call it
+        at the end of ``__init__``; :meth:`bind_kernel` calls it again when an
+        unbound backend is bound to another kernel.  It must check everything it
+        can refuse (a ValueError) before it changes anything."""
+
+    def _hide_ops(self, ops) -> None:
+        """Make each op in ``ops`` absent on this instance (a NULL op pointer of the
+        kernel's ``vdpa_config_ops``)."""
+        for op in ops:
+            setattr(self, op, None)
 
     # ---------------------------------------------------------------- required ops
     def get_status(self) -> int:

@@ -45,7 +45,7 @@ from .usermem import MapFile, UserMemory
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_BACKEND_F_IOTLB_ASID, VHOST_BACKEND_F_IOTLB_PERSIST,
                    VHOST_BACKEND_F_RESUME, VHOST_BACKEND_F_SUSPEND,
-                   KNOWN_BACKEND_FEATURES, VHOST_IOTLB_BATCH_BEGIN,
+                   VHOST_IOTLB_BATCH_BEGIN,
                    VHOST_IOTLB_BATCH_END, VHOST_IOTLB_INVALIDATE, VHOST_IOTLB_MSG,
                    VHOST_IOTLB_MSG_V2, VHOST_IOTLB_UPDATE, VHOST_MSG_MIN_WRITE,
                    VHOST_MSG_SIZE, VHOST_VDPA_BACKEND_FEATURES, VhostMsg, _HEAD,
@@ -150,10 +150,15 @@ def _demo() -> "VhostVdpa":
 class VhostVdpa(DeviceCore):
     """One vhost-vdpa device node bound to ``backend`` (not yet opened).
 
-    ``kernel`` names the kernel profile whose rules apply (:data:`iotlb.KERNELS`;
-    None = the newest, :data:`iotlb.kernels.DEFAULT_KERNEL`; an unknown name is a
-    ValueError).  ``max_iotlb_entries`` is vhost_vdpa's module parameter of that
-    name: each address space's entry limit (default 2048; ``<= 0`` makes
+    ``kernel`` names the kernel profile whose rules apply (:data:`iotlb.KERNELS`, or
+    a what-if ``"<kernel>+<policy>"`` of :data:`iotlb.kernels.POLICIES`; an unknown
+    name is a ValueError).  None = the kernel the backend was built for when it
+    names one (``VdpaSim(kernel="6.1")``), else the newest,
+    :data:`iotlb.kernels.DEFAULT_KERNEL`.  The profile reaches the parent too: a
+    backend with ``bind_kernel`` (every :class:`iotlb.backend.Backend`) is bound to
+    it here, so its op table and offered features are that kernel's parent's.
+    ``max_iotlb_entries`` is vhost_vdpa's module parameter of that name: each
+    address space's entry limit (default 2048; ``<= 0`` makes
     ``vhost_vdpa_alloc_as`` fail, so UPDATE/BATCH_BEGIN get EINVAL).
     ``memlock_pages`` is ``RLIMIT_MEMLOCK`` in pages (None = unlimited); ``usermem``
     is the owner's memory model (a fresh identity-mapped :class:`UserMemory` by
@@ -174,7 +179,10 @@ class VhostVdpa(DeviceCore):
                  max_iotlb_entries: int = MAX_IOTLB_ENTRIES,
                  memlock_pages: Optional[int] = None,
                  page_size: int = 4096, usermem: Optional[UserMemory] = None) -> None:
-        profile = kernel_profile(kernel)
+        if kernel is None and getattr(backend, "kernel_bound", False):
+            profile = kernel_profile(backend.kernel)
+        else:
+            profile = kernel_profile(kernel)
         if type(max_iotlb_entries) is not int:
             raise TypeError(f"max_iotlb_entries must be an int, got "
                             f"{type(max_iotlb_entries).__name__}")
@@ -188,6 +196,9 @@ class VhostVdpa(DeviceCore):
                                  f"page_size {page_size}")
             if memlock_pages is not None:
                 usermem.memlock_pages = memlock_pages
+        bind = getattr(backend, "bind_kernel", None)
+        if bind is not None:
+            bind(profile)       # the parent driver of the same kernel (ValueError if not)
         self._backend = backend
         self._kernel = profile
         self._max_iotlb_entries = max_iotlb_entries
@@ -334,8 +345,10 @@ class VhostVdpa(DeviceCore):
 
     def _vdpa_reset(self, flags: int) -> None:
         """``vdpa_reset(vdev, flags)``: ``compat_reset(flags)`` if the op exists and
-        ``flags != 0``, else ``reset()``."""
-        compat = self._op("compat_reset")
+        ``flags != 0``, else ``reset()``; before
+        :attr:`~iotlb.kernels.KernelProfile.compat_reset` (6.1) ``vdpa_reset(vdev)``
+        has no flags and always calls ``reset()``."""
+        compat = self._op("compat_reset") if self._kernel.compat_reset else None
         if compat is not None and flags:
             compat(flags)
         else:
@@ -343,10 +356,10 @@ class VhostVdpa(DeviceCore):
 
     def _compat_vdpa_reset(self) -> None:
         """``_compat_vdpa_reset``: CLEAN_MAP iff the vqs exist and IOTLB_PERSIST is
-        not acked."""
+        not acked (6.1: ``vdpa_reset(vdpa)``, no flags)."""
         self._suspended = False
         flags = 0
-        if self._vqs and not self._features & _F_PERSIST:
+        if self._kernel.compat_reset and self._vqs and not self._features & _F_PERSIST:
             flags = VDPA_RESET_F_CLEAN_MAP
         self._vdpa_reset(flags)
 
@@ -356,13 +369,19 @@ class VhostVdpa(DeviceCore):
         self._compat_vdpa_reset()
 
     def _has_persistent_map(self) -> bool:
-        """``vhost_vdpa_has_persistent_map``."""
+        """``vhost_vdpa_has_persistent_map`` (False where IOTLB_PERSIST is not a known
+        bit: :attr:`~iotlb.kernels.KernelProfile.iotlb_persist`)."""
+        if not self._kernel.iotlb_persist:
+            return False
         return ((self._op("set_map") is None and self._op("dma_map") is None)
                 or self._op("reset_map") is not None
                 or bool(self._parent_features() & _F_PERSIST))
 
     def _parent_features(self) -> int:
-        """``vhost_vdpa_get_backend_features``: the parent's op, or 0."""
+        """``vhost_vdpa_get_backend_features``: the parent's op, or 0 (always 0
+        before :attr:`~iotlb.kernels.KernelProfile.parent_backend_features`)."""
+        if not self._kernel.parent_backend_features:
+            return 0
         op = self._op("get_backend_features")
         return int(op()) if op is not None else 0
 
@@ -453,9 +472,18 @@ class VhostVdpa(DeviceCore):
         self._vqs = False
 
     def _remove_as(self, asid: int) -> None:
-        """``vhost_vdpa_remove_as``: unlink, unmap ``[0, ~0]``, ``reset_map``."""
+        """``vhost_vdpa_remove_as``: unlink, unmap ``[0, ~0]``, ``reset_map``
+        (``vhost_vdpa_reset_map``; not before
+        :attr:`~iotlb.kernels.KernelProfile.reset_map_at_release`, and under the
+        what-if :attr:`~iotlb.kernels.KernelProfile.reset_map_needs_persist` only
+        with IOTLB_PERSIST acked -- the features are still acked here: they are
+        zeroed after the ASes are removed)."""
         iotlb = self._as.pop(asid)
         self._iotlb_unmap(asid, iotlb, 0, U64_MAX)
+        profile = self._kernel
+        if not profile.reset_map_at_release or (profile.reset_map_needs_persist and
+                                                not self._features & _F_PERSIST):
+            return
         reset_map = self._op("reset_map")
         if reset_map is not None:
             try:
@@ -506,12 +534,13 @@ class VhostVdpa(DeviceCore):
         '0x10e'
         """
         self._check_open()
+        profile = self._kernel
         features = VHOST_VDPA_BACKEND_FEATURES
         if self._op("suspend") is not None:
             features |= _F_SUSPEND
-        if self._op("resume") is not None:
+        if profile.resume_ioctl and self._op("resume") is not None:
             features |= _F_RESUME
-        if self._op("get_vq_desc_group") is not None:
+        if profile.desc_asid and self._op("get_vq_desc_group") is not None:
             features |= _F_DESC_ASID
         if self._has_persistent_map():
             features |= _F_PERSIST
@@ -522,7 +551,10 @@ class VhostVdpa(DeviceCore):
         EOPNOTSUPP; SUSPEND/RESUME without the op → EOPNOTSUPP; DESC_ASID without
         IOTLB_ASID in the same request → EINVAL; DESC_ASID without
         ``get_vq_desc_group`` → EOPNOTSUPP; IOTLB_PERSIST without a persistent map →
-        EOPNOTSUPP; then the mask replaces the acked set.
+        EOPNOTSUPP; then the mask replaces the acked set.  The known bits are the
+        profile's (:attr:`~iotlb.kernels.KernelProfile.known_backend_features`: 6.1
+        knows only MSG_V2, BATCH, ASID and SUSPEND, so there RESUME, DESC_ASID,
+        ENABLE_AFTER_DRIVER_OK and IOTLB_PERSIST are unknown bits).
 
         >>> class P:
         ...     nas = ngroups = nvqs = 1; use_va = False
@@ -537,9 +569,10 @@ class VhostVdpa(DeviceCore):
         """
         self._check_open()
         features = u64(features, "features")
-        if features & ~KNOWN_BACKEND_FEATURES:
+        known = self._kernel.known_backend_features
+        if features & ~known:
             raise IOTLBError(_EOPNOTSUPP, f"VHOST_SET_BACKEND_FEATURES: unknown bits "
-                             f"{features & ~KNOWN_BACKEND_FEATURES:#x}")
+                             f"{features & ~known:#x}")
         if features & _F_SUSPEND and self._op("suspend") is None:
             raise IOTLBError(_EOPNOTSUPP, "VHOST_SET_BACKEND_FEATURES: SUSPEND but the "
                              "parent has no suspend op")
@@ -689,8 +722,24 @@ class VhostVdpa(DeviceCore):
         >>> dev = _demo(); dev.set_status(VIRTIO_CONFIG_S_DRIVER_OK)
         >>> dev.suspend(); dev.resume(); dev.suspended
         False
+
+        Before :attr:`~iotlb.kernels.KernelProfile.resume_ioctl` (6.1) the number is
+        no vhost-vdpa ioctl: ``vhost_dev_ioctl`` wants the owner (EPERM), then
+        ``vhost_vdpa_vring_ioctl`` reads a vring index from the NULL argument:
+
+        >>> dev = VhostVdpa(_DemoParent(), kernel="6.1"); dev.open(); dev.set_owner()
+        >>> dev.resume()
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [EFAULT] VHOST_VDPA_RESUME (not an ioctl before v6.3): vhost_vdpa_vring_ioctl: get_user of the vring index from NULL
         """
         self._check_open()
+        if not self._kernel.resume_ioctl:
+            self._check_owner("VHOST_VDPA_RESUME (not an ioctl before v6.3): "
+                              "vhost_dev_ioctl")
+            raise IOTLBError(_EFAULT, "VHOST_VDPA_RESUME (not an ioctl before v6.3): "
+                             "vhost_vdpa_vring_ioctl: get_user of the vring index "
+                             "from NULL")
         if not self._driver_ok_or_skip():
             return
         op = self._op("resume")

@@ -203,7 +203,8 @@ def test_plain_reset_keeps_maps_rebinds_vrings(sim, how):
     assert entries(sim.device_iotlb(1)) == [(0x2000, 0x2fff, 0xB000, 3)]
     assert not sim.iommu_pt(1)
     assert sim.group_asid(1) == 0 and sim.vring_asid(2) == 0
-    assert sim.running
+    # vdpasim_do_reset: "vdpa_sim: reset must not run" (stable 6.1.83; every profile)
+    assert not sim.running
 
 
 def test_reset_map(sim):

@@ -691,6 +691,49 @@ def _na_summary(rows: List[_Row]) -> List[str]:
     return out
 
 
+def _row_facts(r: _Row) -> Dict[str, object]:
+    c = r.cell
+    return {"after SET_STATUS(0)": c.after_reset, "skip re-map": r.skip,
+            "after release": c.after_release,
+            "errors": sorted(f"{e['cause'] or e['errno']} on {e['what']}" for e in c.errors),
+            "failed": r.failed_scenarios}
+
+
+def _scenario_outcome(res) -> tuple:
+    steps = tuple((st.ok, st.errno, st.cause) for st in res.steps)
+    cps = tuple((cp.label, tuple((a, v.device, v.translates, v.stale)
+                                 for a, v in sorted(cp.asids.items())))
+                for cp in res.checkpoints)
+    return res.status, steps, cps
+
+
+def _policy_diffs(rows: List[_Row]) -> Dict[int, List[str]]:
+    """For each row of a policy variant ``K+P``: how it differs from the same backend
+    and PERSIST row on kernel ``K`` (the answers, and which scenarios' traces end
+    differently: step results or device states at check points)."""
+    base = {(r.kernel, r.cell.backend, r.cell.persist): r for r in rows}
+    out: Dict[int, List[str]] = {}
+    for i, r in enumerate(rows):
+        if "+" not in r.kernel or r.cell.error or r.cell.persist == "not offered":
+            continue
+        b = base.get((r.kernel.split("+", 1)[0], r.cell.backend, r.cell.persist))
+        if b is None or b.cell.error:
+            continue
+        diffs = []
+        fa, fb = _row_facts(r), _row_facts(b)
+        for key in fa:
+            if fa[key] != fb[key]:
+                diffs.append(f"{key}: {fb[key]} -> {fa[key]}")
+        changed = [n for n, res in r.cell.results.items()
+                   if n in b.cell.results and
+                   _scenario_outcome(res) != _scenario_outcome(b.cell.results[n])]
+        if changed:
+            diffs.append("scenarios whose steps or check points change: "
+                         + ", ".join(changed))
+        out[i] = diffs
+    return out
+
+
 def _record_paths_are_file(out: str) -> bool:
     return out.lower().endswith((".jsonl", ".json", ".bin")) and not os.path.isdir(out)
 
@@ -776,6 +819,13 @@ def cmd_matrix(args) -> int:
     ok = all(r.ok for r in rows)
     policies = _policies() or {}
     if args.json:
+        diffs = _policy_diffs(rows)
+        cells = []
+        for i, r in enumerate(rows):
+            d = r.as_dict()
+            if i in diffs:
+                d["policy_changes"] = diffs[i]
+            cells.append(d)
         doc = {"kernels": kernels,
                "policies": {k.split("+", 1)[1]: policies.get(k.split("+", 1)[1])
                             for k in kernels if "+" in k},
@@ -783,7 +833,7 @@ def cmd_matrix(args) -> int:
                         "rows": "persist == 'not acked'", "note": QEMU_NOTE},
                "guest": guest.as_dict(), "guest_size": guest.size,
                "scenarios": names, "engine": IMPLEMENTATION,
-               "cells": [r.as_dict() for r in rows],
+               "cells": cells,
                "broken_backends": {k: f"{type(v).__name__}: {v}"
                                    for k, v in _broken().items()},
                "ok": ok}
@@ -838,6 +888,16 @@ def cmd_matrix(args) -> int:
                 pol = k.split("+", 1)[1]
                 for ln in _wrap(f"{labels[k]} = {k}: {policies.get(pol, '')}"):
                     _out(ln)
+        diffs = _policy_diffs(rows)
+        if diffs:
+            _out()
+            _out("what each policy changes (against the same row on its kernel):")
+            for i, d in diffs.items():
+                r = rows[i]
+                head_ln = f"{labels[r.kernel]} {r.cell.backend}, PERSIST {r.cell.persist}: "
+                for ln in _wrap(head_ln + ("; ".join(d) if d else "nothing"), indent="  "):
+                    _out(ln)
+            _out()
         _out(_legend(False, wide))
     if not ok:
         if args.markdown:

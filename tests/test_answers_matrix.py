@@ -360,3 +360,32 @@ def test_bench_rejects_nonpositive_repeat_and_budget(capsys, args, needle):
     """Was: accepted."""
     rc, out, err = run(capsys, "bench", *args)
     assert rc == 2 and needle in err
+
+
+def test_policy_rows_with_a_stand_in_policy(capsys, monkeypatch):
+    """The ``--policy`` path end to end with a stand-in policy profile (this build may
+    have none): rows ``7.2+<policy>``, keyed ``7.2+P1`` in the narrow table, and
+    what the policy changes against its kernel's row."""
+    from iotlb import kernels
+
+    profiles = getattr(kernels, "_PROFILES", None)
+    if profiles is None or "7.2" not in profiles:
+        pytest.skip("kernels._PROFILES has another shape in this build")
+    import dataclasses
+
+    stand_in = dataclasses.replace(profiles["7.2"], name="7.2+no-busy",
+                                   set_group_asid_busy_after_driver_ok=False)
+    monkeypatch.setitem(profiles, "7.2+no-busy", stand_in)
+    monkeypatch.setattr(kernels, "POLICIES", {"no-busy": "SET_GROUP_ASID after "
+                                              "DRIVER_OK is not EBUSY"}, raising=False)
+    rc, doc = matrix_json(capsys, "--policy", "no-busy", "--backend", "mlx5:umem_uid_0=1")
+    assert rc == 0
+    assert [c["kernel"] for c in doc["cells"]] == ["7.2", "7.2", "7.2+no-busy",
+                                                   "7.2+no-busy"]
+    assert all("policy_changes" in c for c in doc["cells"] if "+" in c["kernel"])
+    rc, out, _ = run(capsys, "matrix", "--guest-size", SMALL, "--policy", "no-busy",
+                     "--backend", "mlx5:umem_uid_0=1")
+    assert sum(ln.startswith("7.2+P1 ") and "mlx5" in ln for ln in out.splitlines()) == 2
+    assert "7.2+P1 = 7.2+no-busy: SET_GROUP_ASID after DRIVER_OK is not EBUSY" in out
+    assert "what each policy changes" in out
+    assert max(len(ln) for ln in out.splitlines()) <= 100

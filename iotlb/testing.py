@@ -187,6 +187,13 @@ def scenario_failures(result: "ScenarioResult") -> List[CheckFailure]:
         out.append(CheckFailure("crash", name, None if last is None else last.index,
                                 where, "only kernel errors (IOTLBError) from the backend",
                                 result.reason, f"crashed {where}: {result.reason}"))
+    # exceptions a plugin raised where the kernel ignores the op's result (set_map at
+    # BATCH_END, dma_unmap, reset_map...): the model goes on as the kernel does, and
+    # records them as ``plugin_errors`` once it catches every exception of a parent op
+    for err in getattr(result, "plugin_errors", None) or ():
+        out.append(CheckFailure("crash", name, None, "a parent op whose result the "
+                                "kernel ignores", "only kernel errors (IOTLBError) from "
+                                "the backend", str(err), f"plugin raised: {err}"))
     for st in result.steps:
         if st.ok or st.expected in (st.cause, st.errno):
             continue

@@ -389,3 +389,14 @@ def test_policy_rows_with_a_stand_in_policy(capsys, monkeypatch):
     assert "7.2+P1 = 7.2+no-busy: SET_GROUP_ASID after DRIVER_OK is not EBUSY" in out
     assert "what each policy changes" in out
     assert max(len(ln) for ln in out.splitlines()) <= 100
+
+
+def test_plugin_errors_recorded_by_the_model_fail_the_checks():
+    """Forward-compatible: once the device model records the exceptions of parent ops
+    whose result the kernel ignores (as ``plugin_errors`` on the result), the shared
+    checks fail the scenario with them."""
+    r = run_scenario("boot", "vdpa_sim", guest=GuestLayout(8 << 20))
+    assert scenario_failures(r) == []
+    r.plugin_errors = ["VdpaSimSetMap.set_map raised ZeroDivisionError: division by zero"]
+    (f,) = scenario_failures(r)
+    assert f.check == "crash" and "ZeroDivisionError" in f.found

@@ -3,18 +3,23 @@
 Subcommands:
 
 * ``iotlb matrix``   -- run the QEMU-like scenarios (:mod:`iotlb.scenarios`) on every
-  installed backend × {IOTLB_PERSIST not acked, acked} and print what the device
-  still translates after SET_STATUS(0), whether a VMM may skip the unmap/re-map
-  cycle, the errors userspace hits and what one stop/start costs;
+  installed backend × {IOTLB_PERSIST not acked, acked} × the chosen kernel profiles
+  and print what the device still translates after SET_STATUS(0), whether a VMM may
+  skip the unmap/re-map cycle and what skipping saves, the errors userspace hits and
+  what one stop/start costs; every row is judged by the checks of
+  :mod:`iotlb.testing` (the plugin conformance kit's), and every failure is
+  explained;
 * ``iotlb replay FILE`` -- replay a trace (:mod:`iotlb.trace`: JSON Lines or a raw
   stream of 72-byte ``vhost_msg_v2``) on a backend and report every failure, the
   final state of both layers and the invariant check;
 * ``iotlb bench``    -- the quick side-by-side speed run (:func:`iotlb.bench.main`);
 * ``iotlb scenarios`` / ``iotlb backends`` -- list what is available.
 
-Exit status: 0 success; 1 an invariant violation (or a backend crashing in a
-scenario); 2 bad input (usage, unknown backend/scenario, unreadable or malformed
-trace); 3 an internal error (``IOTLB_DEBUG=1`` shows the traceback).
+Exit status: 0 success; 1 a failed check (``matrix``: any check of any row; a crashed
+scenario counts) or an invariant violation; 2 bad input (usage, unknown
+backend/scenario/kernel, a backend option of the wrong type, unreadable or malformed
+trace); 3 an internal error.  ``IOTLB_DEBUG=1`` prints the traceback of an internal
+error and of every backend exception the matrix meets.
 """
 from __future__ import annotations
 

@@ -13,12 +13,20 @@ A failed import of the extension is an error, never a silent fallback.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from ._map import U64_MAX, IOTLBBase, Map, Perm
 from .errors import IOTLBError
 from .kernels import KERNELS, kernel_profile_for_release
 
-if os.environ.get("IOTLB_PUREPYTHON") == "1":
+if TYPE_CHECKING:
+    # Type checkers see the compiled engine's API (iotlb/_engine.pyi): the pure twin
+    # has the same one, and both accept anything with __index__ (numpy ints too).
+    from ._engine import IOTLB
+    from .backend import available_backends, load_backend
+
+    IMPLEMENTATION: str
+elif os.environ.get("IOTLB_PUREPYTHON") == "1":
     from ._pyengine import IOTLB
 
     IMPLEMENTATION = "python"
@@ -39,7 +47,7 @@ __all__ = ["IOTLB", "IOTLBError", "Map", "Perm", "U64_MAX", "IMPLEMENTATION",
            "kernel_profile_for_release"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # The registry lives in iotlb.backend; importing it lazily keeps `import iotlb`
     # free of entry-point discovery.
     if name in ("load_backend", "available_backends"):

@@ -34,7 +34,7 @@ import inspect
 import logging
 import sys
 import threading
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 from . import IOTLB, U64_MAX, IOTLBError, Perm
 from .kernels import KernelProfile, kernel_profile
@@ -48,7 +48,7 @@ __all__ = [
     "REQUIRED_OPS", "OPTIONAL_OPS", "MAPPING_OPS", "PLATFORM_OPS",
     "UnknownBackendError",
     "load_backend", "available_backends", "broken_backends", "refresh",
-    "register", "unregister",
+    "register", "unregister", "duplicate_backends", "matrix_variants",
     "identity_iotlb", "is_identity", "mapping_style", "has_persistent_map",
     "present_ops", "validate_backend",
 ]
@@ -512,10 +512,11 @@ class UnknownBackendError(LookupError):
 
 
 _lock = threading.RLock()
-_discovered: Optional[Dict[str, type]] = None   # from entry points
+_discovered: Optional[Dict[str, Type[Backend]]] = None   # from entry points
 _broken: Dict[str, BaseException] = {}
 _origin: Dict[str, str] = {}                    # name -> entry point value
-_registered: Dict[str, type] = {}               # register()ed in this process
+_duplicates: Dict[str, List[str]] = {}          # name -> every declaration, winner first
+_registered: Dict[str, Type[Backend]] = {}      # register()ed in this process
 
 
 def _entry_points() -> Iterable:
@@ -535,17 +536,48 @@ def _check_class(cls, what: str) -> None:
                         f"op(s) {missing}")
 
 
-def _discover() -> Dict[str, type]:
-    found: Dict[str, type] = {}
+def _declaration(ep) -> str:
+    """``value (distribution version at location)`` of an entry point, for messages."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ep.value
+    try:
+        where = str(dist.locate_file(""))
+    except Exception:  # pragma: no cover - exotic finders
+        where = "?"
+    name = dist.metadata.get("Name", "?") if dist.metadata is not None else "?"
+    return f"{ep.value} ({name} {dist.version} at {where})"
+
+
+def _discover() -> Dict[str, Type[Backend]]:
+    found: Dict[str, Type[Backend]] = {}
     broken: Dict[str, BaseException] = {}
     origin: Dict[str, str] = {}
+    decl: Dict[str, List[str]] = {}
+    first_dist: Dict[str, Any] = {}
+    dups: Dict[str, List[str]] = {}
     for ep in _entry_points():
+        d = _declaration(ep)
         if ep.name in origin:
-            if ep.value != origin[ep.name]:
-                log.warning("iotlb backend %r is declared twice (%s and %s); using %s",
-                            ep.name, origin[ep.name], ep.value, origin[ep.name])
+            dist = getattr(ep, "dist", None)
+            prev = first_dist.get(ep.name)
+            same_dist = (dist is not None and prev is not None and
+                         dist.metadata.get("Name") == prev.metadata.get("Name"))
+            # the same distribution found twice on sys.path with the same value is
+            # one plugin; anything else is two plugins fighting over one name
+            if ep.value != origin[ep.name] or not same_dist:
+                if d not in decl[ep.name]:
+                    decl[ep.name].append(d)
+                    dups[ep.name] = decl[ep.name]
+                    n = len(decl[ep.name])
+                    log.warning("iotlb backend %r is declared %s (%s); "
+                                "using the first on sys.path: %s", ep.name,
+                                "twice" if n == 2 else f"{n} times",
+                                "; ".join(decl[ep.name]), decl[ep.name][0])
             continue
         origin[ep.name] = ep.value
+        decl[ep.name] = [d]
+        first_dist[ep.name] = getattr(ep, "dist", None)
         try:
             cls = ep.load()
             _check_class(cls, f"entry point {ep.name} = {ep.value}")
@@ -555,12 +587,12 @@ def _discover() -> Dict[str, type]:
             broken[ep.name] = exc
             continue
         found[ep.name] = cls
-    global _broken, _origin
-    _broken, _origin = broken, origin
+    global _broken, _origin, _duplicates
+    _broken, _origin, _duplicates = broken, origin, dups
     return found
 
 
-def _table() -> Dict[str, type]:
+def _table() -> Dict[str, Type[Backend]]:
     global _discovered
     with _lock:
         if _discovered is None:
@@ -570,7 +602,7 @@ def _table() -> Dict[str, type]:
         return table
 
 
-def refresh() -> Dict[str, type]:
+def refresh() -> Dict[str, Type[Backend]]:
     """Forget the cached discovery and scan the entry points again (after installing
     or removing a plugin in this process).  Returns :func:`available_backends`.
 
@@ -583,7 +615,7 @@ def refresh() -> Dict[str, type]:
         return available_backends()
 
 
-def available_backends() -> Dict[str, type]:
+def available_backends() -> Dict[str, Type[Backend]]:
     """``{name: backend class}`` for every usable backend, sorted by name: the
     installed entry points of group ``iotlb.backends`` plus :func:`register`\\ ed
     classes.  Discovery runs once and is cached (:func:`refresh` rescans); a plugin
@@ -609,7 +641,64 @@ def broken_backends() -> Dict[str, BaseException]:
         return dict(sorted(_broken.items()))
 
 
-def load_backend(name: str, **options) -> Backend:
+def matrix_variants(name: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """The rows ``iotlb matrix`` shows for backend ``name``: ``[(label, options)]``.
+
+    A backend class declares them as the class attribute ``matrix_variants`` (a
+    sequence of ``(label, constructor options)``); without it the built-in table
+    :data:`iotlb.scenarios.VARIANTS` is used, and otherwise the backend runs once,
+    with its defaults, labelled ``name``.  A malformed declaration is a
+    ``TypeError`` naming the class.
+
+    >>> matrix_variants("vdpa_sim")
+    [('vdpa_sim (set_map)', {'batch_mapping': True}), ('vdpa_sim (dma_map)', {'batch_mapping': False})]
+    >>> class Two(Backend):
+    ...     matrix_variants = [("two (fast)", {}), ("two (slow)", {"nas": 2})]
+    ...     def reset(self): pass
+    ...     def device_iotlb(self, asid): return IOTLB()
+    >>> register("two", Two); matrix_variants("two"); unregister("two")
+    [('two (fast)', {}), ('two (slow)', {'nas': 2})]
+    """
+    table = _table()
+    cls = table.get(name)
+    if cls is None:
+        raise UnknownBackendError(f"unknown iotlb backend {name!r}; available: "
+                                  f"{', '.join(sorted(table)) or '(none)'}")
+    declared = getattr(cls, "matrix_variants", None)
+    if declared is None:
+        from .scenarios import VARIANTS
+
+        return [(label, dict(opts)) for label, opts in VARIANTS.get(name, [(name, {})])]
+    out: List[Tuple[str, Dict[str, Any]]] = []
+    try:
+        for label, opts in declared:
+            if not isinstance(label, str) or not isinstance(opts, dict):
+                raise TypeError
+            out.append((label, dict(opts)))
+    except (TypeError, ValueError):
+        raise TypeError(f"{cls.__qualname__}.matrix_variants must be a sequence of "
+                        f"(label, options dict), got {declared!r}") from None
+    if not out:
+        raise TypeError(f"{cls.__qualname__}.matrix_variants declares no variant")
+    return out
+
+
+def duplicate_backends() -> Dict[str, List[str]]:
+    """``{name: [declaration, ...]}`` for every backend name that more than one
+    installed entry point declares (the first one on ``sys.path`` wins, so which
+    plugin runs can depend on the current directory): ``iotlb backends`` and
+    ``iotlb matrix`` report them.  Each declaration is ``module:Class
+    (distribution version at location)``.
+
+    >>> duplicate_backends().get("vdpa_sim") is None
+    True
+    """
+    _table()
+    with _lock:
+        return {k: list(v) for k, v in sorted(_duplicates.items())}
+
+
+def load_backend(name: str, **options: Any) -> Backend:
     """Instantiate the backend registered as ``name``: exactly
     ``BackendClass(**options)``.  An unknown or broken name raises
     :class:`UnknownBackendError` listing what is available.
@@ -634,7 +723,7 @@ def load_backend(name: str, **options) -> Backend:
     return cls(**options)
 
 
-def register(name: str, cls: type) -> None:
+def register(name: str, cls: Type[Backend]) -> None:
     """Register ``cls`` under ``name`` for this process only (no packaging needed:
     tests, notebooks).  A name already taken -- installed or registered -- is refused
     with ``ValueError``; ``cls`` must be a concrete :class:`Backend` subclass

@@ -3,18 +3,23 @@
 Subcommands:
 
 * ``iotlb matrix``   -- run the QEMU-like scenarios (:mod:`iotlb.scenarios`) on every
-  installed backend × {IOTLB_PERSIST not acked, acked} and print what the device
-  still translates after SET_STATUS(0), whether a VMM may skip the unmap/re-map
-  cycle, the errors userspace hits and what one stop/start costs;
+  installed backend × {IOTLB_PERSIST not acked, acked} × the chosen kernel profiles
+  and print what the device still translates after SET_STATUS(0), whether a VMM may
+  skip the unmap/re-map cycle and what skipping saves, the errors userspace hits and
+  what one stop/start costs; every row is judged by the checks of
+  :mod:`iotlb.testing` (the plugin conformance kit's), and every failure is
+  explained;
 * ``iotlb replay FILE`` -- replay a trace (:mod:`iotlb.trace`: JSON Lines or a raw
   stream of 72-byte ``vhost_msg_v2``) on a backend and report every failure, the
   final state of both layers and the invariant check;
 * ``iotlb bench``    -- the quick side-by-side speed run (:func:`iotlb.bench.main`);
 * ``iotlb scenarios`` / ``iotlb backends`` -- list what is available.
 
-Exit status: 0 success; 1 an invariant violation (or a backend crashing in a
-scenario); 2 bad input (usage, unknown backend/scenario, unreadable or malformed
-trace); 3 an internal error (``IOTLB_DEBUG=1`` shows the traceback).
+Exit status: 0 success; 1 a failed check (``matrix``: any check of any row; a crashed
+scenario counts) or an invariant violation; 2 bad input (usage, unknown
+backend/scenario/kernel, a backend option of the wrong type, unreadable or malformed
+trace); 3 an internal error.  ``IOTLB_DEBUG=1`` prints the traceback of an internal
+error and of every backend exception the matrix meets.
 """
 from __future__ import annotations
 
@@ -98,6 +103,15 @@ def _broken() -> dict:
     return broken_backends()
 
 
+def _warn_duplicates() -> None:
+    """Say which backend names more than one installed plugin declares."""
+    from .backend import duplicate_backends
+
+    for name, decls in duplicate_backends().items():
+        _warn(f"backend {name!r} is declared by {len(decls)} installed entry points: "
+              f"{'; '.join(decls)}; using the first on sys.path ({decls[0]})")
+
+
 def _unknown_backend(name: str) -> CLIError:
     known = ", ".join(_available()) or "(none)"
     broken = _broken()
@@ -108,12 +122,38 @@ def _unknown_backend(name: str) -> CLIError:
     return CLIError(f"unknown backend {name!r} (available: {known})")
 
 
+def _check_option_types(name: str, cls: type, options: dict) -> None:
+    """A ``key=value`` option whose constructor parameter is a bool (or an int) must
+    parse as one: ``umem_uid_0=abc`` is bad input, not a truthy string."""
+    import inspect
+
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signature
+        return
+    for key, value in options.items():
+        p = params.get(key)
+        if p is None:
+            continue
+        default = p.default
+        ann = p.annotation if isinstance(p.annotation, str) else \
+            getattr(p.annotation, "__name__", "")
+        if isinstance(default, bool) or ann == "bool":
+            if not (isinstance(value, bool) or (type(value) is int and value in (0, 1))):
+                raise CLIError(f"backend {name!r}: option {key}={value!r} is not a "
+                               "boolean (use true/false, yes/no, on/off or 1/0)")
+        elif (type(default) is int or ann == "int") and type(value) is not int:
+            raise CLIError(f"backend {name!r}: option {key}={value!r} is not an "
+                           "integer")
+
+
 def _make_backend(name: str, options: dict):
     from . import IOTLBError
     from .backend import UnknownBackendError, load_backend
 
     if name not in _available():
         raise _unknown_backend(name)
+    _check_option_types(name, _available()[name], options)
     try:
         return load_backend(name, **options)
     except UnknownBackendError:
@@ -132,18 +172,35 @@ def _warn(text: str) -> None:
 
 
 def _table(head: List[str], rows: List[List[str]], *, markdown: bool = False) -> str:
+    """A left-aligned text table (cells and headers may span lines: ``"\n"``), or a
+    Markdown table."""
     if markdown:
         def esc(x):
-            return str(x).replace("|", "\\|")
+            return str(x).replace("|", "\\|").replace("\n", " ")
         out = ["| " + " | ".join(esc(h) for h in head) + " |",
                "|" + "|".join("---" for _ in head) + "|"]
         out += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
         return "\n".join(out)
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    split_rows = [[str(c).split("\n") for c in r] for r in rows]
+    split_head = [str(h).split("\n") for h in head]
+    widths = [max(len(ln) for r in split_rows + [split_head] for ln in r[i])
+              for i in range(len(head))]
 
-    def line(r):
-        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    def lines(cells, bottom=False):
+        height = max(len(c) for c in cells)
+        out = []
+        for k in range(height):
+            parts = []
+            for c, w in zip(cells, widths):
+                pad = height - len(c) if bottom else 0
+                parts.append((c[k - pad] if 0 <= k - pad < len(c) else "").ljust(w))
+            out.append("  ".join(parts).rstrip())
+        return out
+    out = lines(split_head, bottom=True)
+    out.append("  ".join("-" * w for w in widths))
+    for r in split_rows:
+        out += lines(r)
+    return "\n".join(out)
 
 
 def _plural(n: int, word: str, plural: Optional[str] = None) -> str:
@@ -157,14 +214,29 @@ def _errname(code) -> str:
 
 
 # ======================================================================= matrix
+def _variant_specs(names: List[str]):
+    from .backend import matrix_variants
+    from .scenarios import BackendSpec
+
+    specs = []
+    for name in names:
+        try:
+            variants = matrix_variants(name)
+        except TypeError as exc:
+            raise CLIError(f"backend {name!r}: {exc}") from None
+        specs += [BackendSpec(name, opts, label) for label, opts in variants]
+    return specs
+
+
 def _matrix_specs(items: Optional[List[str]]):
-    from .scenarios import BackendSpec, default_specs
+    from .scenarios import VARIANTS, BackendSpec
 
     available = _available()
     if not items:
         for name, exc in _broken().items():
             _warn(f"backend {name!r} is installed but broken ({type(exc).__name__}: {exc})")
-        return default_specs()
+        order = {n: i for i, n in enumerate(VARIANTS)}
+        return _variant_specs(sorted(available, key=lambda n: (order.get(n, len(order)), n)))
     specs = []
     for item in items:
         name, _, opts = item.partition(":")
@@ -176,111 +248,499 @@ def _matrix_specs(items: Optional[List[str]]):
             _make_backend(name, options)  # bad options are bad input (exit 2), now
             specs.append(BackendSpec(name, options))
         else:
-            specs.extend(default_specs([name]))
+            specs.extend(_variant_specs([name]))
     return specs
 
 
-_DEVICE_TEXT = {"maps": "keeps maps", "identity": "identity",
-                "identity (DMA MR)": "DMA MR (identity)", "empty": "nothing",
-                "wrong": "wrong maps"}
+#: The version of QEMU whose behaviour the matrix states (issue: it never acks
+#: IOTLB_PERSIST: ``vhost_vdpa_set_backend_cap`` keeps MSG_V2|BATCH|ASID|SUSPEND).
+QEMU_VERSION = "10.2"
+QEMU_NOTE = (f"QEMU {QEMU_VERSION} never acks IOTLB_PERSIST: it gets the \"not acked\" "
+             "rows. The \"acked\" rows are what a PERSIST-aware VMM would get "
+             "(hypothetical: no QEMU release acks it).")
 
 
-_SKIP_TEXT = {"identity (DMA MR)": "DMA MR"}
+def _policies() -> Optional[Dict[str, str]]:
+    """``iotlb.kernels.POLICIES`` (policy name -> description), None if this build has
+    no policy variants."""
+    from . import kernels
+
+    pol = getattr(kernels, "POLICIES", None)
+    return dict(pol) if pol else None
 
 
-def _device_text(state: Optional[str]) -> str:
-    if state is None:
+def _matrix_kernels(kernel_arg: Optional[str], policy_arg: Optional[str]) -> List[str]:
+    """The kernel profiles (``"7.2"``, ``"7.2+<policy>"``) the matrix runs, in order."""
+    from . import kernels
+
+    known = list(getattr(kernels, "KERNELS"))
+    if not kernel_arg:
+        names = [kernels.DEFAULT_KERNEL]
+    elif kernel_arg.strip() == "all":
+        names = known
+    else:
+        names = []
+        for k in _split_commas(kernel_arg):
+            k = k.strip()
+            try:
+                name = kernels.kernel_profile(k).name
+            except ValueError as exc:
+                raise CLIError(f"--kernel: {exc}") from None
+            if name not in names:
+                names.append(name)
+    if not policy_arg:
+        return names
+    policies = _policies()
+    if not policies:
+        raise CLIError("--policy: no policies known (this build has no "
+                       "iotlb.kernels.POLICIES; --kernel runs the real kernels only)")
+    if policy_arg.strip() == "all":
+        chosen = list(policies)
+    else:
+        chosen = []
+        for p in _split_commas(policy_arg):
+            p = p.strip()
+            if p not in policies:
+                raise CLIError(f"--policy: unknown policy {p!r} (known: "
+                               f"{', '.join(policies)})")
+            if p not in chosen:
+                chosen.append(p)
+    out: List[str] = []
+    skipped = []
+    for k in names:
+        out.append(k)
+        for p in chosen:
+            try:
+                kernels.kernel_profile(f"{k}+{p}")
+            except ValueError as exc:
+                skipped.append(f"{k}+{p} ({exc})")
+                continue
+            out.append(f"{k}+{p}")
+    if len(out) == len(names):
+        raise CLIError(f"--policy: no chosen policy applies to kernel "
+                       f"{', '.join(names)}: {'; '.join(skipped)}")
+    for s in skipped:
+        _warn(f"--policy: skipped {s}")
+    return out
+
+
+class _Row:
+    """One matrix row: a scenarios.Cell (backend variant × PERSIST) on one kernel
+    profile, judged by the shared checks of :mod:`iotlb.testing`."""
+
+    def __init__(self, kernel: str, cell, contract=()) -> None:
+        self.kernel = kernel
+        self.cell = cell
+        self.contract = list(contract)
+        self.scenario_failures: Dict[str, list] = {}
+        self.note = 0  # footnote number of its failures in the text table
+
+    @property
+    def failures(self) -> list:
+        out = []
+        for fs in self.scenario_failures.values():
+            out += fs
+        out += self.contract
+        if self.cell.error:
+            from .testing import CheckFailure
+
+            out.insert(0, CheckFailure("crash", "probe", None, "open + GET_BACKEND_FEATURES",
+                                       "the backend can be created and probed",
+                                       self.cell.error))
+        return out
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failed_scenarios(self) -> List[str]:
+        return [n for n, fs in self.scenario_failures.items() if fs]
+
+    def _result(self, name: str):
+        r = self.cell.results.get(name)
+        return None if r is None or r.status != "ok" else r
+
+    @property
+    def skip(self) -> str:
+        """The skip re-map verdict: ``safe``, ``UNSAFE``, ``failed`` (the scenario
+        behind it failed a check: no verdict), ``nothing mapped`` or ``not run``."""
+        r = self._result("persist_stop_start")
+        if r is None:
+            return "not run"
+        if self.scenario_failures.get("persist_stop_start"):
+            return "failed"
+        running = r.checkpoint("running")
+        if running is not None and not any(v.mapped for v in running.asids.values()):
+            return "nothing mapped"
+        safe = self.cell.skip_safe
+        return "not run" if safe is None else "safe" if safe else "UNSAFE"
+
+    @property
+    def saving(self):
+        """What skipping the unmap/re-map saves (a stop/start minus the skipping
+        one): ``{"unpinned", "pinned", "messages", "ioctls"}``, when skipping is
+        safe."""
+        if self.skip != "safe" or self.scenario_failures.get("stop_start"):
+            return None
+        full, skip = self.cell.cost, self.cell.skip_cost
+        if full is None or skip is None:
+            return None
+        return {k: getattr(full, k) - getattr(skip, k)
+                for k in ("unpinned", "pinned", "messages", "ioctls")}
+
+    @property
+    def vmm(self) -> str:
+        if self.cell.persist == "acked":
+            return "PERSIST-aware VMM (hypothetical)"
+        if self.cell.persist == "not acked":
+            return f"QEMU {QEMU_VERSION}"
         return "-"
-    return _DEVICE_TEXT.get(state, state)
+
+    def as_dict(self) -> dict:
+        d = {"kernel": self.kernel}
+        d.update(self.cell.as_dict())
+        d["vmm"] = self.vmm
+        if not self.cell.error and self.cell.persist != "not offered":
+            skip = self.skip
+            d["skip"] = skip
+            d["skip_safe"] = {"safe": True, "UNSAFE": False}.get(skip)
+            d["skip_saving"] = self.saving
+            d["failed"] = self.failed_scenarios
+        d["ok"] = self.ok
+        d["failures"] = [f.as_dict() for f in self.failures]
+        return d
+
+
+def _probe(spec, kernel: str) -> int:
+    from .vdpa import VhostVdpa
+
+    dev = VhostVdpa(spec.create(), kernel=kernel)
+    dev.open()
+    try:
+        return int(dev.get_backend_features())
+    finally:
+        dev.release()
+
+
+def _run_matrix(specs, names: List[str], kernels: List[str], guest) -> List[_Row]:
+    from .scenarios import Cell
+    from .testing import contract_failures, run_scenario_checked
+    from .wire import BackendFeature
+
+    persist_bit = int(BackendFeature.IOTLB_PERSIST)
+    rows: List[_Row] = []
+    for spec in specs:
+        for kernel in kernels:
+            try:
+                offered = _probe(spec, kernel)
+            except Exception as exc:  # a broken plugin: one row, never fatal
+                _debug_traceback(f"{spec.label} on kernel {kernel}: probing")
+                rows.append(_Row(kernel, Cell(spec.label, spec, "-",
+                                              error=f"{type(exc).__name__}: {exc}")))
+                continue
+            contract = contract_failures(spec.create, kernel=kernel)
+            for persist in (False, True):
+                if persist and not offered & persist_bit:
+                    rows.append(_Row(kernel, Cell(spec.label, spec, "not offered")))
+                    continue
+                cell = Cell(spec.label, spec, "acked" if persist else "not acked")
+                row = _Row(kernel, cell, contract)
+                for n in names:
+                    result, fails = run_scenario_checked(n, spec, persist=persist,
+                                                         guest=guest, kernel=kernel,
+                                                         page_size=guest.page_size)
+                    cell.results[n] = result
+                    row.scenario_failures[n] = fails
+                    if result.status == "error":
+                        _debug_traceback(f"{spec.label} on kernel {kernel}, PERSIST "
+                                         f"{cell.persist}, scenario {n}: {result.reason}",
+                                         rerun=(n, spec, persist, guest, kernel))
+                rows.append(row)
+    return rows
+
+
+def _debug_traceback(what: str, rerun=None) -> None:
+    """``IOTLB_DEBUG=1``: print the traceback of a backend's exception.  A scenario
+    records only the exception's text, so the scenario is run once more, without
+    the catch, to show where the plugin raised."""
+    if not os.environ.get("IOTLB_DEBUG"):
+        return
+    import traceback
+
+    sys.stderr.write(f"{PROG}: debug: {what}\n")
+    if rerun is None:
+        traceback.print_exc()
+        return
+    from .scenarios import SCENARIOS, Session
+
+    name, spec, persist, guest, kernel = rerun
+    try:
+        s = Session(spec.create(), persist=persist, guest=guest, page_size=guest.page_size)
+        from .kernels import kernel_profile
+
+        if kernel_profile(kernel).name != s.dev.kernel.name:
+            from .vdpa import VhostVdpa
+
+            s.dev = VhostVdpa(s.backend, kernel=kernel, page_size=guest.page_size)
+        SCENARIOS[name].run(s)
+    except Exception:
+        traceback.print_exc()
+    else:
+        sys.stderr.write(f"{PROG}: debug: the scenario did not raise when run again\n")
+
+
+# The device-state vocabulary is the scenarios' (AsidView.device), in the table and
+# in the JSON alike.
+MATRIX_STATES = [
+    ("maps", "the device translates every range userspace mapped, to the right address"),
+    ("identity", "the identity map (iova = address) instead of the user's maps"),
+    ("identity (DMA MR)", "mlx5's DMA MR: identity"),
+    ("empty", "the device translates nothing"),
+    ("wrong", "entries, but not the ones userspace mapped"),
+]
+
+
+def _skip_text(row: _Row, wide: bool) -> str:
+    skip = row.skip
+    if skip == "UNSAFE":
+        dev = row.cell.skip_device
+        if wide or (dev and dev != row.cell.after_reset):
+            return f"UNSAFE: {dev}"
+        return "UNSAFE"
+    if skip == "failed":
+        return "FAIL"
+    if skip in ("not run", "nothing mapped"):
+        return "-" if skip == "not run" else "nothing mapped"
+    return skip
+
+
+def _saving_text(row: _Row) -> str:
+    s = row.saving
+    if s is None:
+        return "-"
+    return f"{s['pinned']:,} / {s['messages']:,}"
 
 
 def _cost_text(cost) -> str:
     if cost is None:
         return "-"
-    return f"{cost.unpinned:,} / {cost.pinned:,} / {cost.messages}"
+    return f"{cost.unpinned:,} / {cost.pinned:,} / {cost.messages:,}"
 
 
 def _errors_text(cell) -> str:
     errs = cell.errors
     if not errs:
         return "none"
-    parts = []
-    for e in errs:
-        code = e["cause"] or e["errno"]
-        parts.append(f"{code} on {e['what']}")
-    return "; ".join(parts)
+    return "; ".join(f"{e['cause'] or e['errno']} on {e['what']}" for e in errs)
 
 
-def _checks_text(cell) -> str:
-    if cell.error:
-        return "ERROR"
-    bad = []
-    if cell.crashed:
-        bad.append("crashed: " + ", ".join(n.split(":")[0] for n in cell.crashed))
-    if cell.invariants:
-        bad.append("INVARIANTS: " + ", ".join(n.split(":")[0] for n in cell.invariants))
-    other = [n for n in cell.failed
-             if not any(b.startswith(n) for b in cell.crashed + cell.invariants)]
-    if other:
-        bad.append("FAIL: " + ", ".join(other))
-    ran = sum(1 for r in cell.results.values() if r.status == "ok")
-    na = sum(1 for r in cell.results.values() if r.status == "n/a")
-    return "; ".join(bad) if bad else f"{ran} ok" + (f", {na} n/a" if na else "")
+def _checks_text(row: _Row) -> str:
+    c = row.cell
+    if c.error:
+        return f"FAIL [{row.note}]"
+    run = [r for r in c.results.values() if r.status != "n/a"]
+    na = len(c.results) - len(run)
+    if not row.ok:
+        failed = len(row.failed_scenarios)
+        what = f"{failed}/{len(run)}" if failed else "kit"
+        return f"FAIL {what} [{row.note}]"
+    return f"{len(run)} ok" + (f", {na} n/a" if na else "")
 
 
-MATRIX_HEAD = ["backend", "PERSIST", "after SET_STATUS(0)", "skip re-map",
-               "errors userspace hits", "stop/start: unpin / re-pin / msgs",
-               "after release", "checks"]
+def _kernel_labels(kernels: List[str], wide: bool) -> Dict[str, str]:
+    """Kernel column text: the profile name; in the narrow table a policy variant
+    ``7.2+<policy>`` becomes ``7.2+P1`` (keyed under the table)."""
+    if wide:
+        return {k: k for k in kernels}
+    pols = []
+    for k in kernels:
+        if "+" in k and k.split("+", 1)[1] not in pols:
+            pols.append(k.split("+", 1)[1])
+    out = {}
+    for k in kernels:
+        if "+" in k:
+            base, pol = k.split("+", 1)
+            out[k] = f"{base}+P{pols.index(pol) + 1}"
+        else:
+            out[k] = k
+    return out
 
 
-def _matrix_rows(cells) -> List[List[str]]:
-    rows = []
-    for c in cells:
+NARROW_HEAD = ["kernel", "backend", "PERSIST", "after\nSET_STATUS(0)", "skip\nre-map",
+               "skipping saves\nre-pins / msgs", "checks"]
+WIDE_HEAD = ["kernel", "backend", "PERSIST", "after SET_STATUS(0)", "skip re-map",
+             "skipping saves: re-pins / msgs", "errors userspace hits",
+             "stop/start: unpin / re-pin / msgs", "after release", "checks"]
+
+
+def _matrix_rows(rows: List[_Row], wide: bool) -> List[List[str]]:
+    labels = _kernel_labels(list(dict.fromkeys(r.kernel for r in rows)), wide)
+    out = []
+    for r in rows:
+        c = r.cell
+        k = labels[r.kernel]
         if c.error:
-            rows.append([c.backend, "-", f"ERROR: {c.error}", "-", "-", "-", "-", "ERROR"])
+            short = f"ERROR: {c.error}"
+            if not wide and len(short) > 40:
+                short = short[:37] + "..."
+            cols = [k, c.backend, "-", short, "-", "-"]
+            cols += ["-", "-", "-"] if wide else []
+            out.append(cols + [_checks_text(r)])
             continue
         if c.persist == "not offered":
-            rows.append([c.backend, "not offered", "-", "-", "-", "-", "-", "-"])
+            cols = [k, c.backend, "not offered", "-", "-", "-"]
+            cols += ["-", "-", "-"] if wide else []
+            out.append(cols + ["-"])
             continue
-        safe = c.skip_safe
-        if safe is None:
-            skip = "-"
-        elif safe:
-            skip = "safe"
-        else:
-            skip = f"UNSAFE: {_SKIP_TEXT.get(c.skip_device, _device_text(c.skip_device))}"
-        rows.append([c.backend, c.persist, _device_text(c.after_reset), skip,
-                     _errors_text(c), _cost_text(c.cost), _device_text(c.after_release),
-                     _checks_text(c)])
-    return rows
+        cols = [k, c.backend, c.persist, c.after_reset or "-", _skip_text(r, wide),
+                _saving_text(r)]
+        if wide:
+            cols += [_errors_text(c), _cost_text(c.cost), c.after_release or "-"]
+        out.append(cols + [_checks_text(r)])
+    return out
 
 
 MATRIX_LEGEND = [
-    ("after SET_STATUS(0)", "what the device translates guest memory (ASID 0) through right "
-     "after QEMU's reset"),
-    ("skip re-map", "safe = a stop/start without INVALIDATE-all/UPDATE-all still translates "
-     "every guest page at DRIVER_OK (and then costs 0 pages, 0 messages)"),
+    ("kernel", "the kernel profile the device model follows (iotlb.KERNELS; --kernel)"),
+    ("after SET_STATUS(0)", "what the device translates guest memory (ASID 0) through "
+     "right after QEMU's reset: " + "; ".join(f"{k} = {v}" for k, v in MATRIX_STATES)),
+    ("skip re-map", "safe = a stop/start without INVALIDATE-all/UPDATE-all still "
+     "translates every guest page at DRIVER_OK; FAIL = the scenario failed a check, "
+     "so no verdict"),
+    ("skipping saves", "what skipping the cycle saves where it is safe: pages re-pinned "
+     "(as many are unpinned; VA-mode parents pin nothing) / write() messages"),
     ("errors", "the handler's errno behind the EFAULT write() returns; re-UPDATE w/o "
      "INVALIDATE = the listener replayed after SET_STATUS(0) without unmapping first"),
-    ("stop/start", "one QEMU stop/start: pages unpinned / re-pinned (VA-mode parents pin "
-     "nothing) / write() messages"),
+    ("stop/start", "one QEMU stop/start: pages unpinned / re-pinned / write() messages"),
     ("after release", "what the device translates through (ASID 0) once the fd is closed"),
-    ("checks", "scenarios whose must-hold checks, expected errors and invariants held"),
+    ("checks", "scenarios whose must-hold checks, expected errors and invariants held, "
+     "plus the conformance kit's contract checks (iotlb.testing, the same checks)"),
 ]
 
 
-def _legend(markdown: bool) -> str:
-    if markdown:
-        return "\n".join(f"- **{k}**: {v}" for k, v in MATRIX_LEGEND)
+def _wrap(text: str, width: int = 100, indent: str = "") -> List[str]:
     import textwrap
 
-    width = max(len(k) for k, _ in MATRIX_LEGEND) + 2
+    return textwrap.wrap(text, width, initial_indent=indent,
+                         subsequent_indent=indent + "  ", break_on_hyphens=False) or [indent]
+
+
+def _legend(markdown: bool, wide: bool) -> str:
+    keys = [k for k, _ in MATRIX_LEGEND
+            if wide or markdown or k not in ("errors", "stop/start", "after release")]
+    items = [(k, v) for k, v in MATRIX_LEGEND if k in keys]
+    if markdown:
+        return "\n".join(f"- **{k}**: {v}" for k, v in items)
+    import textwrap
+
+    width = max(len(k) for k, _ in items) + 2
     out = []
-    for k, v in MATRIX_LEGEND:
+    for k, v in items:
         lines = textwrap.wrap(v, 100 - width)
         out.append(k.ljust(width) + lines[0])
         out += [" " * width + ln for ln in lines[1:]]
     return "\n".join(out)
+
+
+def _fit_backend_column(table_rows: List[List[str]], head: List[str], limit: int) -> None:
+    """Wrap long backend labels (column 1) onto several lines so the table fits in
+    ``limit`` columns."""
+    def width(col):
+        cells = [str(r[col]) for r in table_rows] + [head[col]]
+        return max(len(ln) for c in cells for ln in c.split("\n"))
+    total = sum(width(i) for i in range(len(head))) + 2 * (len(head) - 1)
+    if total <= limit:
+        return
+    import textwrap
+
+    room = max(12, width(1) - (total - limit))
+    for r in table_rows:
+        text = str(r[1])
+        if len(text) > room:
+            r[1] = "\n".join(textwrap.wrap(text, room, break_long_words=False))
+
+
+def _error_summary(rows: List[_Row]) -> List[str]:
+    seen: Dict[str, List[str]] = {}
+    live = [r for r in rows if not r.cell.error and r.cell.persist != "not offered"]
+    for r in live:
+        for e in r.cell.errors:
+            key = f"{e['cause'] or e['errno']} on {e['what']}"
+            seen.setdefault(key, []).append(f"{r.cell.backend} {r.cell.persist}")
+    out = []
+    for i, (key, where) in enumerate(seen.items()):
+        if i == 6:
+            out.append(f"  ... and {len(seen) - 6} more (--wide or --json shows them all)")
+            break
+        scope = "every row" if len(where) == len(live) else \
+            f"{len(where)} rows: " + ", ".join(where[:3]) + (" ..." if len(where) > 3 else "")
+        out += _wrap(f"{key} ({scope})", indent="  ")
+    return out
+
+
+def _na_summary(rows: List[_Row]) -> List[str]:
+    import re
+
+    seen: Dict[tuple, List[str]] = {}
+    for r in rows:
+        for n, res in r.cell.results.items():
+            if res.status == "n/a":
+                why = re.sub(r" \(first: step \d+\)", "", res.reason)
+                names = seen.setdefault((r.cell.backend, why), [])
+                if n not in names:
+                    names.append(n)
+    out = []
+    for (backend, why), names in seen.items():
+        out += _wrap(f"{backend}: {', '.join(names)}: {why}", indent="  ")
+    return out
+
+
+def _row_facts(r: _Row) -> Dict[str, object]:
+    c = r.cell
+    return {"after SET_STATUS(0)": c.after_reset, "skip re-map": r.skip,
+            "after release": c.after_release,
+            "errors": sorted(f"{e['cause'] or e['errno']} on {e['what']}" for e in c.errors),
+            "failed": r.failed_scenarios}
+
+
+def _scenario_outcome(res) -> tuple:
+    steps = tuple((st.ok, st.errno, st.cause) for st in res.steps)
+    cps = tuple((cp.label, tuple((a, v.device, v.translates, v.stale)
+                                 for a, v in sorted(cp.asids.items())))
+                for cp in res.checkpoints)
+    return res.status, steps, cps
+
+
+def _policy_diffs(rows: List[_Row]) -> Dict[int, List[str]]:
+    """For each row of a policy variant ``K+P``: how it differs from the same backend
+    and PERSIST row on kernel ``K`` (the answers, and which scenarios' traces end
+    differently: step results or device states at check points)."""
+    base = {(r.kernel, r.cell.backend, r.cell.persist): r for r in rows}
+    out: Dict[int, List[str]] = {}
+    for i, r in enumerate(rows):
+        if "+" not in r.kernel or r.cell.error or r.cell.persist == "not offered":
+            continue
+        b = base.get((r.kernel.split("+", 1)[0], r.cell.backend, r.cell.persist))
+        if b is None or b.cell.error:
+            continue
+        diffs = []
+        fa, fb = _row_facts(r), _row_facts(b)
+        for key in fa:
+            if fa[key] != fb[key]:
+                diffs.append(f"{key}: {fb[key]} -> {fa[key]}")
+        changed = [n for n, res in r.cell.results.items()
+                   if n in b.cell.results and
+                   _scenario_outcome(res) != _scenario_outcome(b.cell.results[n])]
+        if changed:
+            diffs.append("scenarios whose steps or check points change: "
+                         + ", ".join(changed))
+        out[i] = diffs
+    return out
+
+
+def _record_paths_are_file(out: str) -> bool:
+    return out.lower().endswith((".jsonl", ".json", ".bin")) and not os.path.isdir(out)
 
 
 def _slug(text: str) -> str:
@@ -291,7 +751,8 @@ def _slug(text: str) -> str:
 
 
 def _record_many(out: str, traces: List[tuple]) -> None:
-    """``traces``: ``[(name, ops)]``; one → a file, several → a directory."""
+    """``traces``: ``[(name, ops)]``; one → a file, several → a directory (a path
+    ending in .jsonl/.json/.bin is a file: more than one trace is then an error)."""
     from .trace import write_trace
 
     if not traces:
@@ -301,78 +762,186 @@ def _record_many(out: str, traces: List[tuple]) -> None:
         dropped = write_trace(out, traces[0][1])
         if dropped:
             _warn(f"--record {out}: the binary format keeps only messages; "
-                  f"{dropped} ioctls dropped")
+                  f"{dropped:,} ioctls dropped")
         return
-    if os.path.exists(out) and not os.path.isdir(out):
+    if (os.path.exists(out) and not os.path.isdir(out)) or _record_paths_are_file(out):
         raise CLIError(f"--record {out}: {len(traces)} traces need a directory, and "
-                       f"{out} is a file (restrict with --backend/--scenario to record "
-                       "one trace to a file)")
+                       f"{out} is a file name (restrict with --backend/--scenario/--kernel "
+                       "to record one trace to a file, or give a directory name)")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise CLIError(f"--record {out}: {exc.strerror}") from None
     for name, ops in traces:
         write_trace(os.path.join(out, name + ".jsonl"), ops)
-    sys.stderr.write(f"{PROG}: recorded {len(traces)} traces in {out}/\n")
+    sys.stderr.write(f"{PROG}: recorded {len(traces):,} traces in {out}/\n")
+
+
+def _guest(text: str):
+    import re
+
+    from .scenarios import GuestLayout, parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise CLIError(f"--guest-size: {exc}") from None
+    try:
+        return GuestLayout(size)
+    except ValueError as exc:
+        # GuestLayout rounds the size it quotes ("got 4K" for 4097): say it exactly
+        msg = re.sub(r", got [^,;]*$", "", str(exc))
+        raise CLIError(f"--guest-size {text}: {msg}; {text} is {size:,} bytes") from None
 
 
 def cmd_matrix(args) -> int:
     from . import IMPLEMENTATION
-    from .scenarios import SCENARIOS, GuestLayout, format_size, run_matrix
+    from .scenarios import SCENARIOS, format_size
 
     for n in args.scenario or ():
         if n not in SCENARIOS:
             raise CLIError(f"unknown scenario {n!r} (known: {', '.join(SCENARIOS)})")
     names = list(dict.fromkeys(args.scenario)) if args.scenario else list(SCENARIOS)
-    try:
-        guest = GuestLayout(args.guest_size)
-    except ValueError as exc:
-        raise CLIError(f"--guest-size: {exc}") from None
+    guest = _guest(args.guest_size)
+    kernels = _matrix_kernels(args.kernel, args.policy)
     specs = _matrix_specs(args.backend)
+    _warn_duplicates()
     if args.record:
         parent = os.path.dirname(os.path.abspath(args.record))
         if not os.path.isdir(parent):
             raise CLIError(f"--record {args.record}: directory {parent} does not exist")
-    cells = run_matrix(specs, names, guest=guest)
+    rows = _run_matrix(specs, names, kernels, guest)
     if args.record:
+        multi_kernel = len(kernels) > 1
         traces = []
-        for c in cells:
-            for n, r in c.results.items():
-                if r.status == "ok":
-                    traces.append((f"{_slug(c.backend)}.{_slug(c.persist)}.{n}", r.ops))
+        for r in rows:
+            for n, res in r.cell.results.items():
+                if res.status == "ok":
+                    k = f"{_slug(r.kernel)}." if multi_kernel else ""
+                    traces.append((f"{k}{_slug(r.cell.backend)}.{_slug(r.cell.persist)}.{n}",
+                                   res.ops))
         _record_many(args.record, traces)
-    violated = any(c.invariants or c.crashed or c.error for c in cells)
+    ok = all(r.ok for r in rows)
+    policies = _policies() or {}
     if args.json:
-        doc = {"guest": guest.as_dict(), "guest_size": guest.size,
+        diffs = _policy_diffs(rows)
+        cells = []
+        for i, r in enumerate(rows):
+            d = r.as_dict()
+            if i in diffs:
+                d["policy_changes"] = diffs[i]
+            cells.append(d)
+        doc = {"kernels": kernels,
+               "policies": {k.split("+", 1)[1]: policies.get(k.split("+", 1)[1])
+                            for k in kernels if "+" in k},
+               "qemu": {"version": QEMU_VERSION, "acks_persist": False,
+                        "rows": "persist == 'not acked'", "note": QEMU_NOTE},
+               "guest": guest.as_dict(), "guest_size": guest.size,
                "scenarios": names, "engine": IMPLEMENTATION,
-               "cells": [c.as_dict() for c in cells],
+               "cells": cells,
                "broken_backends": {k: f"{type(v).__name__}: {v}"
                                    for k, v in _broken().items()},
-               "ok": not violated}
+               "ok": ok}
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 1 if violated else 0
-    title = (f"iotlb matrix: guest {format_size(guest.size)} ({len(guest.sections)} "
-             f"sections, {guest.total_pages:,} pages), {len(names)} scenarios, "
-             f"engine {IMPLEMENTATION}")
-    rows = _matrix_rows(cells)
+        return 0 if ok else 1
+    wide = args.wide or args.markdown
+    title = (f"iotlb matrix: kernel {', '.join(kernels)}; guest {format_size(guest.size)} "
+             f"({len(guest.sections)} sections, {guest.total_pages:,} pages); "
+             f"{_plural(len(names), 'scenario')}; engine {IMPLEMENTATION}")
+    head = WIDE_HEAD if wide else NARROW_HEAD
+    note = 0
+    for r in rows:
+        if not r.ok:
+            note += 1
+            r.note = note
+    table_rows = _matrix_rows(rows, wide)
     if args.markdown:
         _out(f"**{title}**")
         _out()
-        _out(_table(MATRIX_HEAD, rows, markdown=True))
+        _out(QEMU_NOTE)
         _out()
-        _out(_legend(True))
+        _out(_table(head, table_rows, markdown=True))
+        _out()
+        _out(_legend(True, True))
     else:
-        _out(title)
+        for ln in _wrap(title):
+            _out(ln)
+        for ln in _wrap(QEMU_NOTE):
+            _out(ln)
         _out()
-        _out(_table(MATRIX_HEAD, rows))
+        if not wide:
+            _fit_backend_column(table_rows, head, 100)
+        _out(_table(head, table_rows))
         _out()
-        _out(_legend(False))
-    if violated:
-        for c in cells:
-            for msg in c.invariants + c.crashed + ([c.error] if c.error else []):
-                sys.stderr.write(f"{PROG}: {c.backend} ({c.persist}): {msg}\n")
-    return 1 if violated else 0
+        if not wide:
+            errs = _error_summary(rows)
+            if errs:
+                _out("errors userspace hits (the handler's errno behind write()'s EFAULT):")
+                for ln in errs:
+                    _out(ln)
+                _out()
+        na = _na_summary(rows)
+        if na:
+            _out("n/a (scenarios that do not apply):")
+            for ln in na:
+                _out(ln)
+            _out()
+        labels = _kernel_labels(kernels, wide)
+        for k in kernels:
+            if labels[k] != k or ("+" in k and wide):
+                pol = k.split("+", 1)[1]
+                for ln in _wrap(f"{labels[k]} = {k}: {policies.get(pol, '')}"):
+                    _out(ln)
+        diffs = _policy_diffs(rows)
+        if diffs:
+            _out()
+            _out("what each policy changes (against the same row on its kernel):")
+            for i, d in diffs.items():
+                r = rows[i]
+                head_ln = f"{labels[r.kernel]} {r.cell.backend}, PERSIST {r.cell.persist}: "
+                for ln in _wrap(head_ln + ("; ".join(d) if d else "nothing"), indent="  "):
+                    _out(ln)
+            _out()
+        _out(_legend(False, wide))
+    if not ok:
+        if args.markdown:
+            _out()
+            _out("**Failures** (`--json` has all of them, in full):")
+            _out()
+            for r in rows:
+                if not r.ok:
+                    for f in r.failures[:3]:
+                        _out(f"- [{r.note}] {r.kernel} {r.cell.backend}, PERSIST "
+                             f"{r.cell.persist}: {f.short(200)}")
+                    if len(r.failures) > 3:
+                        _out(f"- [{r.note}] ... and {len(r.failures) - 3:,} more")
+        else:
+            _out()
+            _out("failures (--json has all of them, in full):")
+            for r in rows:
+                if r.ok:
+                    continue
+                fs = r.failures
+                scen = r.failed_scenarios
+                what = (f"{len(scen)} scenario(s) failed" if scen else "checks failed") + \
+                    f" ({len(fs):,} failed check(s))"
+                for ln in _wrap(f"[{r.note}] {r.kernel} {r.cell.backend}, PERSIST "
+                                f"{r.cell.persist}: {what}"):
+                    _out(ln)
+                groups: Dict[str, list] = {}
+                for f in fs:
+                    groups.setdefault(f.scenario, []).append(f)
+                for i, (scenario, group) in enumerate(groups.items()):
+                    if i == 4:
+                        _out(f"    ... and {len(groups) - 4} more")
+                        break
+                    more = f" (+{len(group) - 1:,} more)" if len(group) > 1 else ""
+                    for ln in _wrap(group[0].short(150) + more, indent="    "):
+                        _out(ln)
+        sys.stderr.write(f"{PROG}: {sum(not r.ok for r in rows)} of {len(rows)} matrix "
+                         "rows failed their checks\n")
+    return 0 if ok else 1
 
 
 # ======================================================================= replay
@@ -708,7 +1277,34 @@ def cmd_conform(args) -> int:
 
 
 # ======================================================================= others
+def _check_bench_args(argv: List[str]) -> None:
+    """``--repeat`` must be a positive int and ``--budget`` a positive number (the
+    checks the bench's own parser lacks)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--repeat")
+    pre.add_argument("--budget")
+    known, _ = pre.parse_known_args(argv)
+    if known.repeat is not None:
+        try:
+            ok = int(known.repeat) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise CLIError(f"bench --repeat: must be a positive integer, got "
+                           f"{known.repeat!r}")
+    if known.budget is not None:
+        try:
+            value = float(known.budget)
+            ok = value > 0 and value == value and value != float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            raise CLIError(f"bench --budget: must be a positive number of seconds, got "
+                           f"{known.budget!r}")
+
+
 def cmd_bench(argv: List[str]) -> int:
+    _check_bench_args(argv)
     try:
         from . import bench
     except ImportError as exc:
@@ -738,24 +1334,36 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_backends(args) -> int:
-    from .scenarios import VARIANTS
+    from .backend import duplicate_backends, matrix_variants
 
     avail = _available()
     broken = _broken()
+    dups = duplicate_backends()
+
+    def variants(n):
+        try:
+            return [label for label, _ in matrix_variants(n)]
+        except TypeError as exc:
+            return [f"INVALID: {exc}"]
     if args.json:
         json.dump({"available": {n: f"{c.__module__}.{c.__qualname__}"
                                  for n, c in avail.items()},
-                   "variants": {n: [label for label, _ in VARIANTS.get(n, [(n, {})])]
-                                for n in avail},
-                   "broken": {n: f"{type(e).__name__}: {e}" for n, e in broken.items()}},
+                   "variants": {n: variants(n) for n in avail},
+                   "broken": {n: f"{type(e).__name__}: {e}" for n, e in broken.items()},
+                   "duplicates": dups},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    rows = [[n, f"{c.__module__}.{c.__qualname__}",
-             ", ".join(label for label, _ in VARIANTS.get(n, [(n, {})]))]
+    rows = [[n, f"{c.__module__}.{c.__qualname__}", ", ".join(variants(n))]
             for n, c in avail.items()]
     rows += [[n, f"BROKEN: {type(e).__name__}: {e}", "-"] for n, e in broken.items()]
     _out(_table(["backend", "class", "matrix variants"], rows))
+    for name, decls in dups.items():
+        _out()
+        _out(f"DUPLICATE: {name!r} is declared by {len(decls)} installed entry points; "
+             "the first on sys.path wins:")
+        for d in decls:
+            _out(f"  {d}")
     return 0
 
 
@@ -765,14 +1373,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog=PROG, description="An executable model of the Linux vhost/vDPA IOTLB.",
-        epilog="Exit status: 0 ok, 1 invariant violation, 2 bad input, 3 internal error.")
+        epilog="Exit status: 0 ok, 1 a check failed (matrix) or an invariant violation, "
+               "2 bad input, 3 internal error (IOTLB_DEBUG=1 prints the traceback).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     m = sub.add_parser("matrix", help="scenarios x backends x IOTLB_PERSIST table",
                        description="Run the QEMU-like scenarios on every installed backend "
                        "(built-in variants: vdpa_sim set_map/dma_map, mlx5 with/without "
-                       "umem_uid_0) with IOTLB_PERSIST not acked and acked.")
+                       "umem_uid_0) with IOTLB_PERSIST not acked and acked, on the chosen "
+                       f"kernel profiles. {QEMU_NOTE} Exit status 1 when any check "
+                       "fails (each FAIL is explained under the table, in full with "
+                       "--json).")
     m.add_argument("--backend", action="append", metavar="NAME[:K=V,...]",
                    help="only this backend (all its variants), or one variant with "
                         "these constructor options; repeatable")
@@ -780,9 +1392,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this scenario (repeatable; see `iotlb scenarios`)")
     m.add_argument("--guest-size", default="4G", metavar="SIZE",
                    help="guest RAM, e.g. 64M, 4G, 1T (default: %(default)s)")
+    m.add_argument("--kernel", metavar="K[,K...]|all",
+                   help="kernel profiles to run (iotlb.KERNELS; default: the newest; "
+                        "'all': every one); the kernel is a column")
+    m.add_argument("--policy", metavar="P[,P...]|all",
+                   help="also run each kernel with these what-if policies "
+                        "(iotlb.kernels.POLICIES), as rows '<kernel>+<policy>'")
     out = m.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print JSON")
-    out.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    out.add_argument("--json", action="store_true", help="print JSON (every failure in "
+                     "full, under each cell's \"failures\")")
+    out.add_argument("--markdown", action="store_true", help="print a Markdown table "
+                     "(all columns)")
+    out.add_argument("--wide", action="store_true", help="all columns (errors, the full "
+                     "stop/start cost, after release): wider than 100 columns")
     m.add_argument("--record", metavar="OUT",
                    help="write the trace of what was sent: a file for one trace, else a "
                         "directory with one .jsonl per cell and scenario")

@@ -22,6 +22,15 @@ IOTLB for every ``asid < nas``, ``set_map`` copying rather than keeping its argu
 Parent-specific behaviour (what survives a reset, identity defaults...) is yours to
 test on top.
 
+**The kit and** ``iotlb matrix`` **share one set of checks.**  Besides the contract
+checks above, the kit runs every scenario of :mod:`iotlb.scenarios` on your backend
+(``test_scenario_<name>``, PERSIST not acked and, when offered, acked) and judges it
+with :func:`scenario_failures` -- the function ``iotlb matrix`` uses for its
+``checks`` column and its ``"failures"`` JSON; the matrix in turn runs the contract
+checks (:func:`contract_failures`) on every backend variant it shows.  A plugin
+therefore passes the kit if and only if its matrix rows say ``ok``.  Every failure is
+a :class:`CheckFailure`: which check, which scenario step, expected versus found.
+
 Without pytest, :func:`run_conformance` runs the same checks and returns a report:
 
 >>> from iotlb_backends.vdpa_sim import VdpaSim
@@ -31,8 +40,11 @@ Without pytest, :func:`run_conformance` runs the same checks and returns a repor
 """
 from __future__ import annotations
 
+import errno as _errno
+import inspect
 import unittest
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import iotlb
 from iotlb import U64_MAX, IOTLBBase, Perm
@@ -41,7 +53,16 @@ from iotlb.backend import (
     BACKEND_F_IOTLB_PERSIST, BACKEND_F_RESUME, BACKEND_F_SUSPEND, OPTIONAL_OPS, REQUIRED_OPS,
     Backend, has_persistent_map, mapping_style, validate_backend)
 
-__all__ = ["BackendConformance", "run_conformance", "vhost_snapshot"]
+if TYPE_CHECKING:  # pragma: no cover
+    from iotlb.scenarios import BackendSpec, GuestLayout, ScenarioResult
+    from iotlb.vdpa import VhostVdpa
+
+__all__ = ["BackendConformance", "run_conformance", "vhost_snapshot", "CheckFailure",
+           "scenario_failures", "contract_failures", "run_scenario_checked",
+           "KIT_GUEST_SIZE"]
+
+#: Guest RAM of the scenarios the kit runs (the matrix uses its ``--guest-size``).
+KIT_GUEST_SIZE = 16 << 20
 
 _BASE_FEATURES = BACKEND_F_IOTLB_MSG_V2 | BACKEND_F_IOTLB_BATCH | BACKEND_F_IOTLB_ASID
 
@@ -74,6 +95,300 @@ def vhost_snapshot(dev) -> Tuple[Dict[int, Optional[list]], int]:
     return spaces, dev.pinned_pages
 
 
+# =========================================================================== shared checks
+def _errname(code: Optional[int]) -> str:
+    if code is None:
+        return "success"
+    return _errno.errorcode.get(code, str(code))
+
+
+@dataclass(frozen=True)
+class CheckFailure:
+    """One failed check, the same object for the kit and ``iotlb matrix``.
+
+    ``check``: ``"errno"`` (a step failed, or failed with another errno than the
+    scenario expects), ``"translation"`` (at a must-hold check point the device does
+    not translate what userspace mapped, or still translates what it unmapped),
+    ``"invariants"`` (the device model's invariant check), ``"crash"`` (the backend
+    raised something that is not a kernel error) or ``"contract"`` (a kit check);
+    ``scenario``: the scenario (or kit check) name; ``step``: the index of the step
+    in the scenario's trace (None when not tied to one); ``where``: what that step or
+    check point is; ``expected`` / ``found``: what should have happened and what did.
+
+    >>> f = CheckFailure("errno", "boot", 6, "UPDATE ram-low", "success", "EINVAL")
+    >>> f.short()
+    'boot: step 6 UPDATE ram-low: EINVAL (expected success)'
+    """
+
+    check: str
+    scenario: str
+    step: Optional[int]
+    where: str
+    expected: str
+    found: str
+    #: a shorter ``where: found`` for a table footnote ("" = built from the fields)
+    brief: str = ""
+
+    def short(self, limit: int = 0) -> str:
+        """One line for a table footnote; ``limit`` > 0 truncates it."""
+        if self.brief:
+            text = f"{self.scenario}: {self.brief}"
+        else:
+            at = f"step {self.step} " if self.step is not None else ""
+            text = f"{self.scenario}: {at}{self.where}: {self.found} (expected {self.expected})"
+        if limit and len(text) > limit:
+            text = text[:limit - 3].rstrip() + "..."
+        return text
+
+    def __str__(self) -> str:
+        at = f"step {self.step}, " if self.step is not None else ""
+        return (f"[{self.check}] {self.scenario}: {at}{self.where}: expected "
+                f"{self.expected}; found {self.found}")
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"check": self.check, "scenario": self.scenario, "step": self.step,
+                "where": self.where, "expected": self.expected, "found": self.found,
+                "brief": self.short()}
+
+
+def scenario_failures(result: "ScenarioResult") -> List[CheckFailure]:
+    """Every check a scenario run failed, with the reason: the one verdict of both
+    ``iotlb matrix`` (its ``checks`` column and JSON ``failures``) and the kit's
+    ``test_scenario_<name>``.  Empty = passed; a scenario that does not apply
+    (``status == "n/a"``) passes.
+
+    The checks: (1) no exception other than a kernel error (:class:`iotlb.IOTLBError`)
+    escaped the backend; (2) every step succeeded, or failed with the errno the
+    scenario expects (``Step.expected``; EFAULT's cause counts); (3) at every
+    must-hold check point every address space translates every range userspace
+    mapped to the right address and no range it unmapped (``stale``), and the mlx5
+    CVQ iotlb translates what its group's address space maps; (4) the device model's
+    invariants hold at the end and at every check point.
+
+    >>> from iotlb.scenarios import GuestLayout, run_scenario
+    >>> r = run_scenario("boot", "vdpa_sim", guest=GuestLayout(16 << 20))
+    >>> scenario_failures(r)
+    []
+    >>> r = run_scenario("boot", "mlx5", guest=GuestLayout(16 << 20), memlock_pages=8)
+    >>> f = scenario_failures(r)[0]              # RLIMIT_MEMLOCK of 8 pages: ENOMEM
+    >>> f.check, f.scenario, f.expected, f.found.split(" ")[0]
+    ('errno', 'boot', 'success', 'ENOMEM')
+    """
+    from iotlb import trace as _trace
+
+    name = result.scenario
+    out: List[CheckFailure] = []
+    if result.status == "n/a":
+        return out
+    if result.status == "error":
+        last = result.steps[-1] if result.steps else None
+        where = ("before the first step" if last is None else
+                 f"during or after {last.label or _trace.describe(last.op)}")
+        out.append(CheckFailure("crash", name, None if last is None else last.index,
+                                where, "only kernel errors (IOTLBError) from the backend",
+                                result.reason, f"crashed {where}: {result.reason}"))
+    # exceptions a plugin raised where the kernel ignores the op's result (set_map at
+    # BATCH_END, dma_unmap, reset_map...): the model goes on as the kernel does, and
+    # records them as ``plugin_errors`` once it catches every exception of a parent op
+    for err in getattr(result, "plugin_errors", None) or ():
+        out.append(CheckFailure("crash", name, None, "a parent op whose result the "
+                                "kernel ignores", "only kernel errors (IOTLBError) from "
+                                "the backend", str(err), f"plugin raised: {err}"))
+    for st in result.steps:
+        if st.ok or st.expected in (st.cause, st.errno):
+            continue
+        found = _errname(st.errno)
+        code = found
+        if st.cause is not None and st.cause != st.errno:
+            code = _errname(st.cause)
+            found = f"{code} (write() returned {found})"
+        if st.message:
+            found += f": {st.message}"
+        what = _trace.describe(st.op)
+        where = f"{st.label} ({what})" if st.label and st.label != what else what
+        out.append(CheckFailure("errno", name, st.index, where, _errname(st.expected),
+                                found, f"step {st.index} {st.label or what}: {code} "
+                                f"(expected {_errname(st.expected)})"))
+    for cp in result.checkpoints:
+        if not cp.must or cp.translates:
+            continue
+        for asid, view in sorted(cp.asids.items()):
+            if view.translates and not view.stale:
+                continue
+            parts = [f"device holds {view.device} ({view.device_entries} entries)"]
+            if view.bad:
+                parts.append("not translated: " + "; ".join(view.bad)
+                             + (" ..." if view.mapped and len(view.bad) >= 3 else ""))
+            if view.stale:
+                parts.append(f"{view.stale} unmapped range(s) still translated to "
+                             "their old address")
+            brief = [f"device holds {view.device}"]
+            if not view.translates:
+                brief.append(f"{view.mapped} mapped range(s) not all translated")
+            if view.stale:
+                brief.append(f"{view.stale} unmapped range(s) still translated")
+            out.append(CheckFailure(
+                "translation", name, cp.step, f"check point {cp.label!r}, ASID {asid}",
+                f"the device translates the {view.mapped} mapped range(s) and no "
+                "unmapped one", ", ".join(parts),
+                f"at {cp.label!r} ASID {asid}: {', '.join(brief)}"))
+        if not cp.cvq_ok:
+            out.append(CheckFailure("translation", name, cp.step,
+                                    f"check point {cp.label!r}, CVQ iotlb",
+                                    "the CVQ iotlb translates its address space's maps",
+                                    f"CVQ iotlb holds {cp.cvq}"))
+    seen = set()
+    for cp in result.checkpoints:
+        if cp.invariants and cp.invariants not in seen:
+            seen.add(cp.invariants)
+            out.append(CheckFailure("invariants", name, cp.step,
+                                    f"check point {cp.label!r}",
+                                    "the device model's invariants hold", cp.invariants,
+                                    f"at {cp.label!r}: invariant violated: {cp.invariants}"))
+    if result.invariants and result.invariants not in seen:
+        out.append(CheckFailure("invariants", name, None, "end of the scenario",
+                                "the device model's invariants hold", result.invariants,
+                                f"at the end: invariant violated: {result.invariants}"))
+    return out
+
+
+def _run_scenario_takes_kernel() -> bool:
+    from iotlb.scenarios import run_scenario
+
+    return "kernel" in inspect.signature(run_scenario).parameters
+
+
+def run_scenario_checked(name: str, backend: Any, *, persist: bool = False,
+                         guest: Optional["GuestLayout"] = None, kernel: Optional[str] = None,
+                         page_size: int = 4096, memlock_pages: Optional[int] = None,
+                         ) -> Tuple["ScenarioResult", List[CheckFailure]]:
+    """:func:`iotlb.scenarios.run_scenario` on ``backend`` (a :class:`BackendSpec`, a
+    factory or a registry name) under kernel profile ``kernel`` (None: the default),
+    and its :func:`scenario_failures`.
+
+    >>> r, failures = run_scenario_checked("stop_start", "mlx5", kernel="6.12")
+    >>> r.checkpoint("after SET_STATUS(0)").asids[0].device, failures
+    ('identity (DMA MR)', [])
+    """
+    from iotlb.scenarios import GuestLayout, run_scenario
+
+    guest = guest or GuestLayout(KIT_GUEST_SIZE, page_size=page_size)
+    kwargs: Dict[str, Any] = {"persist": persist, "guest": guest, "page_size": page_size,
+                              "memlock_pages": memlock_pages}
+    if kernel is not None and not _run_scenario_takes_kernel():
+        result = _run_scenario_on_kernel(name, backend, kernel=kernel, **kwargs)
+    else:
+        if kernel is not None:
+            kwargs["kernel"] = kernel
+        result = run_scenario(name, backend, **kwargs)
+    _outside_iova_range(result, backend)
+    return result, scenario_failures(result)
+
+
+def _outside_iova_range(result: "ScenarioResult", backend: Any) -> None:
+    """A scenario that sent an UPDATE outside the device's GET_IOVA_RANGE is not what
+    QEMU sends (``vhost_vdpa_listener_skipped_section`` and the IOMMU notifier skip
+    such ranges): its verdict would judge the scenario library, not the backend, so
+    it becomes ``n/a`` with the reason.  The kit and the matrix share this rule."""
+    if result.status != "ok":
+        return
+    from iotlb.scenarios import BackendSpec
+
+    try:
+        if isinstance(backend, str):
+            backend = BackendSpec(backend)
+        be = backend.create() if isinstance(backend, BackendSpec) else \
+            backend() if callable(backend) and not hasattr(backend, "device_iotlb") \
+            else backend
+        first, last = be.get_iova_range()
+    except Exception:  # the scenario's own checks report a broken backend
+        return
+    for st in result.steps:
+        op = st.op
+        if op.get("op") == "update" and (op["iova"] < first or
+                                         op["iova"] + op["size"] - 1 > last):
+            result.status = "n/a"
+            result.reason = (f"it sends UPDATEs outside the IOVA range [{first:#x}, "
+                             f"{last:#x}] (first: step {st.index}), which QEMU never sends "
+                             "(it skips such sections); the scenario library does not "
+                             "filter by GET_IOVA_RANGE")
+            return
+
+
+def _run_scenario_on_kernel(name: str, backend: Any, *, kernel: str, persist: bool,
+                            guest: "GuestLayout", page_size: int,
+                            memlock_pages: Optional[int]) -> "ScenarioResult":
+    """``run_scenario`` with the device on kernel profile ``kernel``, for a scenario
+    library whose ``run_scenario``/``Session`` take no ``kernel`` yet: the same steps
+    as :func:`iotlb.scenarios.run_scenario` (tests/test_answers_matrix.py checks that
+    both give the same result on the default profile), with the session's device
+    replaced, before anything is sent, by ``VhostVdpa(..., kernel=kernel)``."""
+    from iotlb import scenarios as S
+    from iotlb.vdpa import VhostVdpa
+
+    sc = S.SCENARIOS.get(name)
+    if sc is None:
+        raise KeyError(f"unknown scenario {name!r} (known: {', '.join(S.SCENARIOS)})")
+    if isinstance(backend, str):
+        backend = S.BackendSpec(backend)
+    if isinstance(backend, S.BackendSpec):
+        label = backend.label
+        be = backend.create()
+    elif isinstance(backend, type) or (callable(backend) and
+                                       not hasattr(backend, "device_iotlb")):
+        be = backend()
+        label = type(be).__name__
+    else:
+        be = backend
+        label = type(be).__name__
+    s = S.Session(be, persist=persist, guest=guest, page_size=page_size,
+                  memlock_pages=memlock_pages)
+    s.dev = VhostVdpa(be, kernel=kernel, memlock_pages=memlock_pages, page_size=page_size)
+    res = S.ScenarioResult(name, label, "acked" if persist else "not acked")
+    if sc.requires is not None:
+        why = sc.requires(s)
+        if why:
+            res.status, res.reason = "n/a", why
+            return res
+    try:
+        sc.run(s)
+    except Exception as exc:  # a backend/plugin bug: report, never crash the matrix
+        res.status = "error"
+        res.reason = f"{type(exc).__name__}: {exc}"
+    if persist and s.offered is not None and not s.offered & int(
+            S.F.IOTLB_PERSIST):
+        res.persist = "not offered"
+    res.steps, res.checkpoints, res.ops = s.steps, s.checkpoints, s.ops
+    res.offered, res.acked = s.offered, s.acked
+    res.costs = {k: c for k in s.windows if (c := s.cost(k)) is not None}
+    try:
+        res.final = S.final_state(s.dev, be)
+    except Exception:  # observation only; a crashed backend may not answer
+        res.final = None
+    if res.status == "ok":
+        res.invariants = s._invariants() or next(
+            (cp.invariants for cp in s.checkpoints if cp.invariants), None)
+    return res
+
+
+def contract_failures(make_backend: Callable[[], "Backend"], *,
+                      kernel: Optional[str] = None) -> List[CheckFailure]:
+    """The kit's contract checks (every ``test_*`` of :class:`BackendConformance`
+    except the ``test_scenario_*`` ones) on ``make_backend``, as
+    :class:`CheckFailure` objects (``check == "contract"``); ``iotlb matrix`` runs
+    these on every backend variant.
+
+    >>> from iotlb_backends.mlx5 import Mlx5
+    >>> contract_failures(Mlx5)
+    []
+    """
+    results = _run_checks(make_backend, kernel=kernel, scenarios=False)
+    return [CheckFailure("contract", name, None, "iotlb.testing.BackendConformance",
+                         "the check passes", why[len("FAILED: "):],
+                         f"kit check failed: {why[len('FAILED: '):]}")
+            for name, why in results.items() if why.startswith("FAILED")]
+
+
 class BackendConformance:
     """Base class of the conformance checks; not collected itself (no ``Test``
     prefix).  Override :meth:`make_backend`; optionally ``page_size`` and
@@ -93,6 +408,10 @@ class BackendConformance:
     page_size: int = 4096
     #: RLIMIT_MEMLOCK in pages for the device model (None = unlimited).
     memlock_pages: Optional[int] = None
+    #: the kernel profile of the device model (None: the default, the newest).
+    kernel: Optional[str] = None
+    #: guest RAM of the scenario checks (``test_scenario_<name>``).
+    guest_size: int = KIT_GUEST_SIZE
 
     # ------------------------------------------------------------------ hooks
     def make_backend(self) -> Backend:
@@ -105,7 +424,8 @@ class BackendConformance:
 
         if backend is None:
             backend = self.make_backend()
-        return VhostVdpa(backend, memlock_pages=self.memlock_pages, page_size=self.page_size)
+        return VhostVdpa(backend, kernel=self.kernel, memlock_pages=self.memlock_pages,
+                         page_size=self.page_size)
 
     def open_device(self, persist: bool = False, backend: Optional[Backend] = None):
         """An opened, owned device with MSG_V2|BATCH|ASID acked, plus IOTLB_PERSIST
@@ -361,16 +681,61 @@ class BackendConformance:
 
     def test_release_leaves_nothing(self):
         """Release (reset + remove_as of every AS + teardown) leaves no vhost address
-        space and no pinned page, with or without IOTLB_PERSIST."""
+        space and no pinned page, with or without IOTLB_PERSIST -- and the device no
+        longer translates any range that was mapped to its old address (the memory
+        behind it is no longer pinned or referenced: a parent that keeps such maps
+        after release lets the device reach freed memory).  The same rule is the
+        matrix's ``release_reopen`` check point "after release"."""
         for persist in self.persist_variants(self.make_backend()):
             dev = self.open_device(persist)
             self.populate(dev)
+            mapped = {asid: [(m.start, m.addr) for m in dev.vhost_iotlb(asid) or ()]
+                      for asid in range(dev.backend.nas)}
             dev.release()
             spaces, pinned = vhost_snapshot(dev)
             assert all(v is None for v in spaces.values()), spaces
             assert pinned == 0, f"{pinned} pages still pinned after release"
             for asid in range(dev.backend.nas):
-                assert isinstance(dev.backend.device_iotlb(asid), IOTLBBase)
+                tlb = dev.backend.device_iotlb(asid)
+                assert isinstance(tlb, IOTLBBase)
+                stale = []
+                for iova, addr in mapped[asid]:
+                    try:
+                        segs = tlb.translate(iova, 1, 0)
+                    except iotlb.IOTLBError:
+                        continue
+                    if segs and segs[0][0] == addr:
+                        stale.append(f"{iova:#x} -> {addr:#x}")
+                assert not stale, (
+                    f"PERSIST {'acked' if persist else 'not acked'}: after release "
+                    f"ASID {asid} still translates {len(stale)} unmapped range(s) to "
+                    f"their old address: {', '.join(stale[:3])}")
+
+    # ------------------------------------------------------------------ scenarios
+    def check_scenario(self, name: str) -> None:
+        """Run scenario ``name`` (PERSIST not acked, and acked when offered) on a new
+        backend from :meth:`make_backend` and fail with every
+        :func:`scenario_failures` reason; skip when it applies to no variant."""
+        from iotlb.scenarios import GuestLayout
+
+        guest = GuestLayout(self.guest_size, page_size=self.page_size)
+        problems: List[str] = []
+        not_applicable: List[str] = []
+        for persist in self.persist_variants(self.make_backend()):
+            result, failures = run_scenario_checked(
+                name, self.make_backend, persist=persist, guest=guest, kernel=self.kernel,
+                page_size=self.page_size, memlock_pages=self.memlock_pages)
+            if result.status == "n/a":
+                not_applicable.append(result.reason)
+                continue
+            label = "acked" if persist else "not acked"
+            problems += [f"PERSIST {label}: {f}" for f in failures]
+        if problems:
+            raise AssertionError(f"scenario {name!r} fails the matrix checks:\n  "
+                                 + "\n  ".join(problems))
+        if not_applicable and len(not_applicable) == len(
+                self.persist_variants(self.make_backend())):
+            _skip(f"scenario {name!r} does not apply: {not_applicable[0]}")
 
     def test_reopen(self):
         """After release the same backend can be opened again and the same ranges
@@ -401,20 +766,27 @@ class BackendConformance:
         assert mapping_style(backend) == style
 
 
-def run_conformance(make_backend: Callable[[], Backend]) -> Dict[str, str]:
-    """Run every :class:`BackendConformance` check without pytest.
+def _add_scenario_checks() -> None:
+    """One ``test_scenario_<name>`` per scenario of :mod:`iotlb.scenarios`."""
+    from iotlb.scenarios import SCENARIOS
 
-    Returns ``{check name: "passed" | "skipped: why"}``; raises ``AssertionError``
-    naming every failed check (with its error) if any failed.
+    for name, sc in SCENARIOS.items():
+        def check(self, _name=name):
+            self.check_scenario(_name)
+        check.__name__ = check.__qualname__ = f"test_scenario_{name}"
+        check.__doc__ = (f"Scenario {name!r} ({sc.title}) passes the matrix's checks "
+                         f"(:func:`scenario_failures`).")
+        setattr(BackendConformance, check.__name__, check)
 
-    >>> from iotlb_backends.platform_iommu import PlatformIommu
-    >>> run_conformance(PlatformIommu)["test_set_map_copies_its_argument"]
-    'skipped: no set_map op'
-    """
+
+_add_scenario_checks()
+
+
+def _run_checks(make_backend: Callable[[], Backend], *, kernel: Optional[str] = None,
+                scenarios: bool = True) -> Dict[str, str]:
     kit = type("Conformance", (BackendConformance,),
-               {"make_backend": staticmethod(make_backend)})()
+               {"make_backend": staticmethod(make_backend), "kernel": kernel})()
     results: Dict[str, str] = {}
-    failures = []
     skip_types: tuple = (unittest.SkipTest,)
     try:
         import pytest
@@ -423,15 +795,36 @@ def run_conformance(make_backend: Callable[[], Backend]) -> Dict[str, str]:
     except ImportError:  # pragma: no cover
         pass
     for name in sorted(n for n in dir(BackendConformance) if n.startswith("test_")):
+        if not scenarios and name.startswith("test_scenario_"):
+            continue
         try:
             getattr(kit, name)()
         except skip_types as exc:
             results[name] = f"skipped: {getattr(exc, 'msg', None) or exc}"
         except Exception as exc:  # report every failure, not just the first
             results[name] = f"FAILED: {type(exc).__name__}: {exc}"
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
         else:
             results[name] = "passed"
+    return results
+
+
+def run_conformance(make_backend: Callable[[], Backend], *,
+                    kernel: Optional[str] = None) -> Dict[str, str]:
+    """Run every :class:`BackendConformance` check (contract and scenarios) without
+    pytest.
+
+    Returns ``{check name: "passed" | "skipped: why"}``; raises ``AssertionError``
+    naming every failed check (with its error) if any failed.
+
+    >>> from iotlb_backends.platform_iommu import PlatformIommu
+    >>> run_conformance(PlatformIommu)["test_set_map_copies_its_argument"]
+    'skipped: no set_map op'
+    >>> run_conformance(PlatformIommu)["test_scenario_shadow_cvq"]
+    "skipped: scenario 'shadow_cvq' does not apply: nas=1: the CVQ cannot be isolated"
+    """
+    results = _run_checks(make_backend, kernel=kernel)
+    failures = [f"{name}: {why[len('FAILED: '):]}" for name, why in results.items()
+                if why.startswith("FAILED")]
     if failures:
         raise AssertionError("conformance failures:\n  " + "\n  ".join(failures))
     return results

@@ -103,18 +103,18 @@ def test_matrix_text_table(via=VIAS[-1]):
                "--backend", "platform_iommu", via=via, check=0)
     out = proc.stdout
     assert proc.stderr == ""
-    assert out.startswith("iotlb matrix: guest 16M")
-    rows = [ln for ln in out.splitlines() if ln.startswith(("vdpa_sim", "platform_iommu"))]
+    assert out.startswith("iotlb matrix: kernel 7.2; guest 16M")
+    rows = [ln for ln in out.splitlines() if ln.startswith("7.2 ")]
     assert len(rows) == 6
-    sim_not = [r for r in rows if r.startswith("vdpa_sim (set_map)") and "not acked" in r][0]
-    assert "identity" in sim_not and "UNSAFE: identity" in sim_not
-    assert "EEXIST on re-UPDATE w/o INVALIDATE" in sim_not
-    sim_acked = [r for r in rows if r.startswith("vdpa_sim (dma_map)") and "  acked" in r][0]
-    assert "keeps maps" in sim_acked and " safe " in sim_acked
-    plat = [r for r in rows if r.startswith("platform_iommu")]
-    assert all("keeps maps" in r and "8 ok, 1 n/a" in r for r in plat)
+    sim_not = [r for r in rows if "vdpa_sim (set_map)" in r and "not acked" in r][0]
+    assert "identity" in sim_not and " UNSAFE " in sim_not
+    assert "EEXIST on re-UPDATE w/o INVALIDATE (every row)" in out
+    sim_acked = [r for r in rows if "vdpa_sim (dma_map)" in r and "  acked" in r][0]
+    assert "  maps  " in sim_acked and " safe " in sim_acked
+    plat = [r for r in rows if "platform_iommu" in r]
+    assert all("  maps  " in r and "8 ok, 1 n/a" in r for r in plat)
     # aligned columns: every row and the header start the PERSIST column at the same place
-    header = out.splitlines()[2]
+    header = [ln for ln in out.splitlines() if ln.startswith("kernel  backend")][0]
     col = header.index("PERSIST")
     assert all(r[col - 2:col] == "  " and r[col] != " " for r in rows)
 
@@ -124,10 +124,10 @@ def test_matrix_markdown_and_one_scenario():
                "--scenario", "stop_start", check=0)
     lines = proc.stdout.splitlines()
     table = [ln for ln in lines if ln.startswith("|")]
-    assert table[0].startswith("| backend | PERSIST | after SET_STATUS(0)")
+    assert table[0].startswith("| kernel | backend | PERSIST | after SET_STATUS(0)")
     assert table[1].startswith("|---|")
     assert len(table) == 2 + 4
-    assert any("DMA MR (identity)" in ln and "not acked" in ln for ln in table)
+    assert any("identity (DMA MR)" in ln and "not acked" in ln for ln in table)
 
 
 def test_matrix_default_guest_is_4g():
@@ -382,7 +382,7 @@ def test_bench_delegates():
 
 
 def test_internal_error_is_one_line_exit_3():
-    code = ("import iotlb.scenarios as s; s.run_matrix = lambda *a, **k: 1 / 0; "
+    code = ("import iotlb.testing as t; t.contract_failures = lambda *a, **k: 1 / 0; "
             "from iotlb.cli import main; raise SystemExit(main(['matrix']))")
     env = {k: v for k, v in os.environ.items() if k != "IOTLB_DEBUG"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -441,7 +441,8 @@ def test_installed_plugins_appear_automatically(plugin_path):
     assert cells[0]["after_set_status_0"] == "identity"
     text = cli("matrix", "--guest-size", SMALL, "--backend", "tidy", env=plugin_path,
                check=0).stdout
-    assert any(ln.startswith("tidy") and "not offered" in ln for ln in text.splitlines())
+    assert any(ln.startswith("7.2     tidy") and "not offered" in ln
+               for ln in text.splitlines())
     one_line_error(cli("replay", DATA / "messages.bin", "--backend", "broken",
                        env=plugin_path), "installed but broken")
 
@@ -457,5 +458,6 @@ def test_invariant_violation_exits_1(plugin_path):
     proc = cli("matrix", "--guest-size", SMALL, "--backend", "vandal", "--scenario", "boot",
                env=plugin_path)
     assert proc.returncode == 1
-    assert "INVARIANTS: boot" in proc.stdout
+    assert "FAIL 1/1 [1]" in proc.stdout
+    assert "boot: at 'DRIVER_OK': invariant violated: " in proc.stdout
     assert "Traceback" not in proc.stderr

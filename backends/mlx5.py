@@ -185,8 +185,8 @@ class Mlx5(Backend):
             self._mr[DATAVQ_GROUP] = mr
 
     def _mr_of(self, asid: int) -> Optional[_MR]:
-        """The MR the device translates ``asid`` through (6.1: the data-vq MR when
-        the data group is bound to ``asid``)."""
+        """The MR of ``asid`` (6.1: the data-vq MR when the data group is bound to
+        ``asid``)."""
         if self.kernel in PER_ASID_MR:
             return self._mr[asid]
         if self._group2asid[DATAVQ_GROUP] == asid:
@@ -405,13 +405,20 @@ class Mlx5(Backend):
     # ------------------------------------------------------------------ observation
     def device_iotlb(self, asid: int) -> iotlb.IOTLB:
         """What ``mr[asid]`` translates: empty (no MR), identity (DMA MR) or the user
-        MR's copy of the IOTLB it was built from.
+        MR's copy of the IOTLB it was built from.  On 6.1 (one data MR) an AS that
+        only the CVQ group is bound to translates through ``cvq.iotlb``.
 
         >>> len(Mlx5().device_iotlb(0)), len(Mlx5().device_iotlb(1))
         (2, 0)
         """
         self._check_asid(asid)
         mr = self._mr_of(asid)
+        if mr is None and self.kernel not in PER_ASID_MR \
+                and self._group2asid[DATAVQ_GROUP] != asid \
+                and self._group2asid[CVQ_GROUP] == asid:
+            # 6.1: no MR per AS; an AS only the CVQ group is bound to is translated by
+            # the software CVQ through cvq.iotlb (mlx5_vdpa_kick_vq -> vringh)
+            return self._cvq.copy()
         return iotlb.IOTLB() if mr is None else mr.iotlb.copy()
 
     def mr_kind(self, asid: int) -> Optional[str]:

@@ -476,13 +476,13 @@ def _debug_traceback(what: str, rerun=None) -> None:
 
     name, spec, persist, guest, kernel = rerun
     try:
-        s = Session(spec.create(), persist=persist, guest=guest, page_size=guest.page_size)
-        from .kernels import kernel_profile
+        from .vdpa import VhostVdpa
 
-        if kernel_profile(kernel).name != s.dev.kernel.name:
-            from .vdpa import VhostVdpa
-
-            s.dev = VhostVdpa(s.backend, kernel=kernel, page_size=guest.page_size)
+        backend = spec.create()
+        if hasattr(backend, "bind_kernel"):
+            backend.bind_kernel(kernel)   # before the Session's device binds the default
+        s = Session(backend, persist=persist, guest=guest, page_size=guest.page_size)
+        s.dev = VhostVdpa(backend, kernel=kernel, page_size=guest.page_size)
         SCENARIOS[name].run(s)
     except Exception:
         traceback.print_exc()

@@ -28,7 +28,7 @@ import errno as _errno
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = ["main", "CLIError"]
 
@@ -398,7 +398,7 @@ class _Row:
         return "-"
 
     def as_dict(self) -> dict:
-        d = {"kernel": self.kernel}
+        d: Dict[str, Any] = {"kernel": self.kernel}
         d.update(self.cell.as_dict())
         d["vmm"] = self.vmm
         if not self.cell.error and self.cell.persist != "not offered":

@@ -476,14 +476,13 @@ def _debug_traceback(what: str, rerun=None) -> None:
 
     name, spec, persist, guest, kernel = rerun
     try:
-        from .vdpa import VhostVdpa
-
-        backend = spec.create()
-        if hasattr(backend, "bind_kernel"):
-            backend.bind_kernel(kernel)   # before the Session's device binds the default
-        s = Session(backend, persist=persist, guest=guest, page_size=guest.page_size)
-        s.dev = VhostVdpa(backend, kernel=kernel, page_size=guest.page_size)
+        s = Session(spec.create(), persist=persist, guest=guest,
+                    page_size=guest.page_size, kernel=kernel)
         SCENARIOS[name].run(s)
+        # a plugin's exception the model handled as the op's error (PluginError)
+        for exc in getattr(s.backend, "_iotlb_plugin_exceptions", ())[:1]:
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+            return
     except Exception:
         traceback.print_exc()
     else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno as _errno
 
-__all__ = ["IOTLBError"]
+__all__ = ["IOTLBError", "PluginError"]
 
 
 class IOTLBError(OSError):
@@ -43,6 +43,22 @@ class IOTLBError(OSError):
         name = _KERNEL_NAMES.get(self.errno) or _errno.errorcode.get(self.errno,
                                                                     str(self.errno))
         return f"[{name}] {self.strerror}"
+
+
+class PluginError(IOTLBError):
+    """A parent op (a backend, usually a plugin) raised something other than
+    :class:`IOTLBError`: a bug in the plugin, not a kernel answer.  The device model
+    handles it exactly as the kernel handles that op's error return (roll back, or
+    ignore the result where the kernel ignores it) with errno EIO; the plugin's own
+    exception is ``__cause__``, and ``op`` names the op.
+    """
+
+    def __init__(self, op: str, cause: BaseException) -> None:
+        super().__init__(_errno.EIO, f"{op} raised {type(cause).__name__}: {cause}")
+        self.op = op
+
+    def __reduce__(self):
+        return (IOTLBError, (self.errno, self.strerror))
 
 
 # Where libc gives one number two names, say the one the kernel source uses.

@@ -396,16 +396,19 @@ class Session:
     what happened, and observes the device at check points.
 
     ``persist``: ack IOTLB_PERSIST when the backend offers it.  ``guest``: the
-    :class:`GuestLayout` (default 64M).  The device is
-    ``VhostVdpa(backend, memlock_pages=..., page_size=...)``.
+    :class:`GuestLayout` (default 64M).  ``kernel``: the kernel profile (None: the
+    default).  The device is ``VhostVdpa(backend, kernel=..., memlock_pages=...,
+    page_size=...)``.
     """
 
     def __init__(self, backend, *, persist: bool = False, guest: Optional[GuestLayout] = None,
-                 page_size: int = 4096, memlock_pages: Optional[int] = None) -> None:
+                 page_size: int = 4096, memlock_pages: Optional[int] = None,
+                 kernel: Optional[str] = None) -> None:
         from .vdpa import VhostVdpa
 
         self.backend = backend
-        self.dev = VhostVdpa(backend, memlock_pages=memlock_pages, page_size=page_size)
+        self.dev = VhostVdpa(backend, kernel=kernel, memlock_pages=memlock_pages,
+                             page_size=page_size)
         self.page_size = page_size
         self.persist_requested = bool(persist)
         self.guest = guest or GuestLayout(64 * MiB, page_size=page_size)
@@ -997,6 +1000,8 @@ class ScenarioResult:
     acked: Optional[int] = None
     invariants: Optional[str] = None
     final: Optional[dict] = None
+    #: what the plugin raised besides IOTLBError (iotlb.errors.PluginError texts)
+    plugin_errors: List[str] = field(default_factory=list)
 
     def checkpoint(self, label: str) -> Optional[Checkpoint]:
         """The last check point with this label, or None."""
@@ -1044,8 +1049,9 @@ class ScenarioResult:
 def run_scenario(name: str, backend="vdpa_sim", *, persist: bool = False,
                  guest: Optional[GuestLayout] = None, page_size: int = 4096,
                  memlock_pages: Optional[int] = None, label: Optional[str] = None,
-                 **options) -> ScenarioResult:
-    """Run scenario ``name`` on a fresh backend and device.
+                 kernel: Optional[str] = None, **options) -> ScenarioResult:
+    """Run scenario ``name`` on a fresh backend and device (kernel profile ``kernel``;
+    None: the default).
 
     ``backend`` is a registry name (instantiated with ``options``), a
     :class:`BackendSpec`, a zero-argument factory or a backend instance (used as is).
@@ -1068,7 +1074,7 @@ def run_scenario(name: str, backend="vdpa_sim", *, persist: bool = False,
     label = label or type(be).__name__
     guest = guest or GuestLayout(64 * MiB, page_size=page_size)
     s = Session(be, persist=persist, guest=guest, page_size=page_size,
-                memlock_pages=memlock_pages)
+                memlock_pages=memlock_pages, kernel=kernel)
     res = ScenarioResult(name, label, "acked" if persist else "not acked")
     if sc.requires is not None:
         why = sc.requires(s)
@@ -1080,6 +1086,12 @@ def run_scenario(name: str, backend="vdpa_sim", *, persist: bool = False,
     except Exception as exc:  # a backend/plugin bug: report, never crash the matrix
         res.status = "error"
         res.reason = f"{type(exc).__name__}: {exc}"
+    # a plugin's own exceptions (iotlb.errors.PluginError): the model went on as the
+    # kernel does on that op's error return, but the scenario judges a broken plugin
+    res.plugin_errors = s.dev.plugin_errors
+    if res.plugin_errors and res.status == "ok":
+        res.status = "error"
+        res.reason = res.plugin_errors[0]
     if persist and s.offered is not None and not s.offered & F.IOTLB_PERSIST:
         res.persist = "not offered"
     res.steps, res.checkpoints, res.ops = s.steps, s.checkpoints, s.ops

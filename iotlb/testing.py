@@ -41,7 +41,6 @@ Without pytest, :func:`run_conformance` runs the same checks and returns a repor
 from __future__ import annotations
 
 import errno as _errno
-import inspect
 import unittest
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -252,12 +251,6 @@ def scenario_failures(result: "ScenarioResult") -> List[CheckFailure]:
     return out
 
 
-def _run_scenario_takes_kernel() -> bool:
-    from iotlb.scenarios import run_scenario
-
-    return "kernel" in inspect.signature(run_scenario).parameters
-
-
 def run_scenario_checked(name: str, backend: Any, *, persist: bool = False,
                          guest: Optional["GuestLayout"] = None, kernel: Optional[str] = None,
                          page_size: int = 4096, memlock_pages: Optional[int] = None,
@@ -275,12 +268,7 @@ def run_scenario_checked(name: str, backend: Any, *, persist: bool = False,
     guest = guest or GuestLayout(KIT_GUEST_SIZE, page_size=page_size)
     kwargs: Dict[str, Any] = {"persist": persist, "guest": guest, "page_size": page_size,
                               "memlock_pages": memlock_pages}
-    if kernel is not None and not _run_scenario_takes_kernel():
-        result = _run_scenario_on_kernel(name, backend, kernel=kernel, **kwargs)
-    else:
-        if kernel is not None:
-            kwargs["kernel"] = kernel
-        result = run_scenario(name, backend, **kwargs)
+    result = run_scenario(name, backend, kernel=kernel, **kwargs)
     _outside_iova_range(result, backend)
     return result, scenario_failures(result)
 
@@ -313,64 +301,6 @@ def _outside_iova_range(result: "ScenarioResult", backend: Any) -> None:
                              "(it skips such sections); the scenario library does not "
                              "filter by GET_IOVA_RANGE")
             return
-
-
-def _run_scenario_on_kernel(name: str, backend: Any, *, kernel: str, persist: bool,
-                            guest: "GuestLayout", page_size: int,
-                            memlock_pages: Optional[int]) -> "ScenarioResult":
-    """``run_scenario`` with the device on kernel profile ``kernel``, for a scenario
-    library whose ``run_scenario``/``Session`` take no ``kernel`` yet: the same steps
-    as :func:`iotlb.scenarios.run_scenario` (tests/test_answers_matrix.py checks that
-    both give the same result on the default profile), with the session's device
-    replaced, before anything is sent, by ``VhostVdpa(..., kernel=kernel)``."""
-    from iotlb import scenarios as S
-    from iotlb.vdpa import VhostVdpa
-
-    sc = S.SCENARIOS.get(name)
-    if sc is None:
-        raise KeyError(f"unknown scenario {name!r} (known: {', '.join(S.SCENARIOS)})")
-    if isinstance(backend, str):
-        backend = S.BackendSpec(backend)
-    if isinstance(backend, S.BackendSpec):
-        label = backend.label
-        be = backend.create()
-    elif isinstance(backend, type) or (callable(backend) and
-                                       not hasattr(backend, "device_iotlb")):
-        be = backend()
-        label = type(be).__name__
-    else:
-        be = backend
-        label = type(be).__name__
-    if kernel is not None and hasattr(be, "bind_kernel"):
-        be.bind_kernel(kernel)   # before the Session's own device binds the default
-    s = S.Session(be, persist=persist, guest=guest, page_size=page_size,
-                  memlock_pages=memlock_pages)
-    s.dev = VhostVdpa(be, kernel=kernel, memlock_pages=memlock_pages, page_size=page_size)
-    res = S.ScenarioResult(name, label, "acked" if persist else "not acked")
-    if sc.requires is not None:
-        why = sc.requires(s)
-        if why:
-            res.status, res.reason = "n/a", why
-            return res
-    try:
-        sc.run(s)
-    except Exception as exc:  # a backend/plugin bug: report, never crash the matrix
-        res.status = "error"
-        res.reason = f"{type(exc).__name__}: {exc}"
-    if persist and s.offered is not None and not s.offered & int(
-            S.F.IOTLB_PERSIST):
-        res.persist = "not offered"
-    res.steps, res.checkpoints, res.ops = s.steps, s.checkpoints, s.ops
-    res.offered, res.acked = s.offered, s.acked
-    res.costs = {k: c for k in s.windows if (c := s.cost(k)) is not None}
-    try:
-        res.final = S.final_state(s.dev, be)
-    except Exception:  # observation only; a crashed backend may not answer
-        res.final = None
-    if res.status == "ok":
-        res.invariants = s._invariants() or next(
-            (cp.invariants for cp in s.checkpoints if cp.invariants), None)
-    return res
 
 
 def contract_failures(make_backend: Callable[[], "Backend"], *,

@@ -35,11 +35,11 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 from collections import Counter
-from typing import Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Tuple
 
 from . import IMPLEMENTATION, IOTLB
 from ._map import U64_MAX, perm8, u64
-from .errors import IOTLBError
+from .errors import IOTLBError, PluginError
 from .kernels import KernelProfile, kernel_profile
 from .usermem import MapFile, UserMemory
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
@@ -50,6 +50,9 @@ from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_DESC_ASID,
                    VHOST_IOTLB_MSG_V2, VHOST_IOTLB_UPDATE, VHOST_MSG_MIN_WRITE,
                    VHOST_MSG_SIZE, VHOST_VDPA_BACKEND_FEATURES, VhostMsg, _HEAD,
                    _bytes_view, decode, msg_type_name)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backend import Backend
 
 if IMPLEMENTATION == "cython":
     from ._device import DeviceCore
@@ -147,6 +150,68 @@ def _demo() -> "VhostVdpa":
     return dev
 
 
+#: The parent ops whose errors the kernel handles (``vdpa_config_ops`` it calls and
+#: checks, or deliberately ignores), guarded by :func:`_guard_parent_ops`.
+_GUARDED_OPS = ("set_map", "dma_map", "dma_unmap", "iommu_map", "iommu_unmap",
+                "reset", "compat_reset", "reset_map", "set_status", "set_group_asid",
+                "suspend", "resume")
+#: Modules whose backends are the project's own (their op errors are IOTLBError):
+#: left unwrapped, so the hot path pays nothing.
+_BUILTIN_MODULES = ("iotlb.", "iotlb_backends.")
+#: how many plugin errors a backend keeps (the first ones)
+_PLUGIN_ERRORS_KEPT = 1000
+
+
+def _guard_parent_ops(backend) -> None:
+    """Make every exception of a plugin's parent op an :class:`IOTLBError`.
+
+    The device model follows the kernel on an op's error return (``vhost_vdpa_map``
+    deletes the range and unpins; ``vhost_vdpa_general_unmap`` and the release path
+    ignore it) for IOTLBError.  A plugin may raise anything: each op of
+    :data:`_GUARDED_OPS` that the backend has is shadowed by an instance attribute
+    that turns any other :class:`Exception` into :class:`~iotlb.errors.PluginError`
+    (``__cause__`` = the plugin's exception), records it in the backend's
+    ``_iotlb_plugin_errors`` (and the exception in ``_iotlb_plugin_exceptions``; the
+    first 1,000) and logs it with its traceback (logger ``iotlb.vdpa``).
+    Built-in backends are left as they are; guarding twice is a no-op.
+    """
+    cls = type(backend)
+    if cls.__module__.startswith(_BUILTIN_MODULES) or \
+            getattr(backend, "_iotlb_guarded", False):
+        return
+    try:
+        errors = backend.__dict__.setdefault("_iotlb_plugin_errors", [])
+        raised = backend.__dict__.setdefault("_iotlb_plugin_exceptions", [])
+    except AttributeError:                 # no instance dict (__slots__): leave it
+        return
+    import logging
+
+    log = logging.getLogger("iotlb.vdpa")
+    for name in _GUARDED_OPS:
+        fn = getattr(backend, name, None)
+        if fn is None:
+            continue
+        qual = f"{cls.__name__}.{name}"
+
+        def guard(*args, _fn=fn, _qual=qual):
+            try:
+                return _fn(*args)
+            except IOTLBError:
+                raise
+            except Exception as exc:
+                err = PluginError(_qual, exc)
+                if len(errors) < _PLUGIN_ERRORS_KEPT:
+                    errors.append(str(err))
+                    raised.append(exc)       # with its traceback (IOTLB_DEBUG=1)
+                log.error("%s", err, exc_info=True)
+                raise err from exc
+
+        guard.__name__ = name
+        guard.__wrapped__ = fn
+        backend.__dict__[name] = guard
+    backend.__dict__["_iotlb_guarded"] = True
+
+
 class VhostVdpa(DeviceCore):
     """One vhost-vdpa device node bound to ``backend`` (not yet opened).
 
@@ -199,6 +264,7 @@ class VhostVdpa(DeviceCore):
         bind = getattr(backend, "bind_kernel", None)
         if bind is not None:
             bind(profile)       # the parent driver of the same kernel (ValueError if not)
+        _guard_parent_ops(backend)
         self._backend = backend
         self._kernel = profile
         self._max_iotlb_entries = max_iotlb_entries
@@ -223,9 +289,16 @@ class VhostVdpa(DeviceCore):
 
     # ================================================================ observation
     @property
-    def backend(self):
+    def backend(self) -> "Backend":
         """The parent driver model."""
         return self._backend
+
+    @property
+    def plugin_errors(self) -> list:
+        """Every :class:`~iotlb.errors.PluginError` a parent op raised on this backend
+        (also where the kernel ignores the op's result and the model goes on), as
+        strings, oldest first; empty for the built-in parents."""
+        return list(getattr(self._backend, "_iotlb_plugin_errors", ()))
 
     @property
     def kernel(self) -> KernelProfile:

@@ -16,7 +16,7 @@ import iotlb
 from iotlb import IOTLBError, cli
 from iotlb.backend import register, unregister
 from iotlb.scenarios import SCENARIOS, GuestLayout, run_scenario
-from iotlb.testing import (BackendConformance, _run_scenario_on_kernel, run_conformance,
+from iotlb.testing import (BackendConformance, run_conformance,
                            scenario_failures)
 from iotlb_backends.vdpa_sim import VdpaSimDmaMap, VdpaSimSetMap
 
@@ -177,20 +177,6 @@ def test_matrix_and_kit_share_scenario_failures():
     fails = scenario_failures(r)
     assert fails and {f.check for f in fails} == {"errno"}
     assert all(f.expected == "success" and f.found.startswith("EIO") for f in fails)
-
-
-def test_kernel_fallback_runs_exactly_run_scenario():
-    """The matrix's per-kernel runner (used while ``run_scenario`` takes no kernel)
-    gives the same steps, check points and costs as ``run_scenario`` itself."""
-    guest = GuestLayout(8 << 20)
-    for name in SCENARIOS:
-        for persist in (False, True):
-            a = run_scenario(name, "mlx5", persist=persist, guest=guest)
-            b = _run_scenario_on_kernel(name, "mlx5", kernel=iotlb.KERNELS[-1],
-                                        persist=persist, guest=guest, page_size=4096,
-                                        memlock_pages=None)
-            assert a.as_dict(steps=True) == b.as_dict(steps=True), (name, persist)
-            assert a.ops == b.ops
 
 
 # ============================================================ the QEMU developer's table

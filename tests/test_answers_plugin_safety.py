@@ -98,9 +98,6 @@ CASES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="iotlb/vdpa.py handles only IOTLBError from "
-                   "parent ops; a plugin's other exceptions break the model (issue 16; "
-                   "the change needed is in the answers branch report)")
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_any_plugin_exception_leaves_the_model_consistent(case):
     make, action, after = CASES[case]

@@ -118,8 +118,6 @@ def test_mypy_rejects_a_wrong_type(tmp_path, cache_dir):
     assert proc.returncode == 1 and "Incompatible types in assignment" in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="VhostVdpa.backend has no return annotation "
-                   "(iotlb/vdpa.py, owned by the lead): it is Any under mypy")
 def test_vhost_vdpa_backend_is_typed(tmp_path, cache_dir):
     proc = _mypy(tmp_path, BACKEND_PROPERTY, cache_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr

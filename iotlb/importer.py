@@ -25,8 +25,8 @@ does not need (``GET/SET_FEATURES``, ``SET_VRING_*``, config...) are skipped and
 counted.
 
 Two QEMU dialects are known and told apart from the log itself (or forced with
-``qemu=``): ``"10.2"`` (QEMU 8.2 .. 10.2: ``vdpa_shared:`` and an ``asid:`` in the
-IOTLB events; backend features MSG_V2|BATCH|ASID|SUSPEND negotiated in
+``qemu=``): ``"10.2"`` (QEMU 10.2, and 11.1 as run for real: ``vdpa_shared:`` and an
+``asid:`` in the IOTLB events; backend features MSG_V2|BATCH|ASID|SUSPEND negotiated in
 ``vhost_vdpa_init``; the memory listener registered at ``vhost_vdpa_set_owner``) and
 ``"7.2"`` (Debian bookworm's QEMU 7.2: no asid; MSG_V2|BATCH negotiated after each
 ``SET_FEATURES`` by ``vhost_dev_set_features``; the listener registered at
@@ -589,8 +589,8 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
     ``device``: a regular expression for the device path (the first such ``openat``
     that succeeded gives the fd; a ``close`` of it is ``release``; reopening is
     followed).  ``qemu``: the dialect whose sequence fills in what strace cannot show
-    (default: ``"7.2"`` when ``VHOST_SET_FEATURES`` comes before the first
-    ``SET_BACKEND_FEATURES``, else ``"10.2"``).  ``backend_features``: the mask
+    (default: ``"10.2"`` when ``GET_BACKEND_FEATURES`` comes before the first
+    ``SET_STATUS``, else ``"7.2"``).  ``backend_features``: the mask
     ``SET_BACKEND_FEATURES`` acked (default: the dialect's, with ASID only if the log
     uses ASIDs and SUSPEND only if it suspends).  ``queue_pairs``/``cvq_group``: for
     the inferred vq of ``GET_VRING_GROUP`` and group of ``SET_GROUP_ASID``.
@@ -647,7 +647,12 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
     reqs = [(c, req_of(c)) for c, k in seq if k == "ioctl"]
     names = [IOCTLS.get(r, ("?", None))[0] for _, r in reqs]
     if qemu is None:
-        if "VHOST_SET_BACKEND_FEATURES" in names and "VHOST_SET_FEATURES" in names:
+        # 10.2 negotiates backend features in vhost_vdpa_init, before its first
+        # add_status; 7.2 only after SET_FEATURES
+        if "VHOST_VDPA_SET_STATUS" in names:
+            first_set = names.index("VHOST_VDPA_SET_STATUS")
+            qemu = "10.2" if "VHOST_GET_BACKEND_FEATURES" in names[:first_set] else "7.2"
+        elif "VHOST_SET_BACKEND_FEATURES" in names and "VHOST_SET_FEATURES" in names:
             qemu = "7.2" if names.index("VHOST_SET_FEATURES") < \
                 names.index("VHOST_SET_BACKEND_FEATURES") else "10.2"
         else:
@@ -658,7 +663,13 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
     feats = backend_features
     if feats is None:
         feats = QEMU_FEATURES[qemu]
-        if "VHOST_VDPA_SUSPEND" not in names:
+        # SUSPEND: QEMU acks it when offered; a log that stops a started device
+        # (a SET_STATUS(0) after DRIVER_OK is set) without VHOST_VDPA_SUSPEND shows it
+        # was not.  DRIVER_OK is the 3rd distinct add_status, so: a reset after a
+        # GET/SET/GET/... run that reached it -- approximated by "some SET_STATUS
+        # follows a VHOST_SET_VRING_KICK", i.e. a started device was reset.
+        if "VHOST_VDPA_SUSPEND" not in names and "VHOST_SET_VRING_KICK" in names and \
+                "VHOST_VDPA_SET_STATUS" in names[names.index("VHOST_SET_VRING_KICK"):]:
             feats &= ~int(F.SUSPEND)
         if not ({"VHOST_VDPA_GET_VRING_GROUP", "VHOST_VDPA_SET_GROUP_ASID"} & set(names)):
             feats &= ~int(F.IOTLB_ASID)
@@ -668,6 +679,15 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
     skipped: Dict[str, int] = {}
     status = 0
     prev: Optional[str] = None          # previous vhost ioctl name on the device
+    before_get: Optional[str] = None    # the ioctl before the GET_STATUS of add_status
+    # the next ioctl after each position (writes skipped), for the probe's first
+    # SET_STATUS, which is followed by VHOST_SET_FEATURES
+    nxt: List[Optional[str]] = [None] * len(seq)
+    upcoming: Optional[str] = None
+    for i in range(len(seq) - 1, -1, -1):
+        nxt[i] = upcoming
+        if seq[i][1] == "ioctl":
+            upcoming = IOCTLS.get(req_of(seq[i][0]), ("?", None))[0]
     confirm = False                     # the GET_STATUS after add_status' SET_STATUS
     vring_group_calls = 0
 
@@ -682,7 +702,7 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
         comment = f"line {c.line}" + (f": {why}" if why else "")
         ops.append(_op(d, inferred=inferred, comment=comment))
 
-    for c, kind in seq:
+    for pos, (c, kind) in enumerate(seq):
         if kind == "open":
             ops.append(_op({"op": "open", "expect": {"ret": 0, "errno": None}},
                            comment=f"line {c.line}: openat (fd {c.ret})"))
@@ -711,23 +731,27 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
                                    f"{len(data)}: run strace with -s 128 (and -xx)",
                                    path=path, line=c.line)
             ops.append(_msg_op(data[:count], c, expect_of(c)))
-            prev = "write"
             continue
         # ioctl
         req = req_of(c)
         name, op = IOCTLS.get(req, (f"ioctl {req:#x}", None))
         if op is None:
             skipped[name] = skipped.get(name, 0) + 1
-            if name == "VHOST_SET_FEATURES":
-                prev = name
+            prev = name
             continue
         if op == "set_status":
             if prev == "VHOST_VDPA_GET_STATUS":
-                bits = (ACK | DRIVER) if status == 0 else \
-                    FEATURES_OK if not status & FEATURES_OK else DRIVER_OK
+                # vhost_vdpa_add_status: which bits, from what came before the GET
+                if before_get == "VHOST_SET_FEATURES":
+                    bits = FEATURES_OK                   # vhost_vdpa_set_features
+                elif before_get in _INIT_IOCTLS or before_get in (
+                        "VHOST_VDPA_SET_STATUS", "VHOST_VDPA_SUSPEND"):
+                    bits = ACK | DRIVER                  # vhost_vdpa_init / reset_status
+                else:
+                    bits = DRIVER_OK                     # vhost_vdpa_dev_start
                 value, why = status | bits, "vhost_vdpa_add_status: GET_STATUS | " \
                     f"{bits:#x}"
-            elif prev == "VHOST_GET_BACKEND_FEATURES":
+            elif nxt[pos] == "VHOST_SET_FEATURES":
                 value, why = ACK | DRIVER, "vhost_vdpa_probe_cvq_isolation: ACK|DRIVER"
             elif prev == "VHOST_SET_FEATURES" and status & (ACK | DRIVER):
                 value, why = status | FEATURES_OK, \
@@ -758,10 +782,20 @@ def from_strace(lines: Iterable[str], *, path: str = "<log>",
             emit({"op": op}, c, "vhost_vdpa_add_status: the GET_STATUS after SET_STATUS")
             prev = "confirming GET_STATUS"
             continue
+        elif op == "get_status":
+            before_get = prev
+            emit({"op": op}, c, name)
         else:
             emit({"op": op}, c, name)
         prev = name
     return Imported(_with_memlock(ops, memlock), qemu, "strace", skipped, [])
+
+
+#: ioctls of device initialisation: an add_status after them is ACK|DRIVER
+_INIT_IOCTLS = frozenset((None, "VHOST_GET_FEATURES", "VHOST_GET_BACKEND_FEATURES",
+                          "VHOST_SET_BACKEND_FEATURES", "VHOST_VDPA_GET_IOVA_RANGE",
+                          "VHOST_SET_OWNER", "VHOST_VDPA_GET_DEVICE_ID",
+                          "VHOST_VDPA_GET_CONFIG", "VHOST_VDPA_SET_CONFIG"))
 
 
 def _msg_op(data: bytes, c: _Call, expect: dict) -> dict:

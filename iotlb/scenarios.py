@@ -19,24 +19,25 @@ mirrors:
                          (MSG_V2|BATCH|ASID|SUSPEND as offered; never PERSIST unless the
                          session plays a hypothetical PERSIST-aware VMM), add_status(ACK|
                          DRIVER); SET_OWNER (listener registered); the CVQ isolation probe
-                         (... SET_STATUS(0)); RAM mapped at board init (one batch, ASID 0);
-                         FEATURES_OK; DRIVER_OK
+                         (... SET_STATUS(0)); RAM mapped at board init (a batch per
+                         region, ASID 0); machine reset: SET_STATUS(0) + INVALIDATE batch;
+                         the driver's reset; FEATURES_OK, UPDATE batch, DRIVER_OK
 ``stop_start``           boot; QMP stop (SUSPEND if acked else SET_STATUS(0) + INVALIDATE
                          batch; SET_STATUS(0) [+ INVALIDATE batch]; ACK|DRIVER); cont
                          (FEATURES_OK, UPDATE batch, DRIVER_OK)
-``guest_reset``          the same sequence for a guest/system reset
+``guest_reset``          QMP system_reset: stop, virtio_reset, the driver's reset, start
 ``persist_stop_start``   HYPOTHETICAL VMM: the same stop/start without the unmap / re-map
 ``hotplug``              boot; a DIMM hot-added: BATCH_BEGIN, UPDATE, BATCH_END
 ``hotunplug``            hotplug, then the DIMM removed: BATCH_BEGIN, INVALIDATE, BATCH_END
 ``shadow_cvq``           the control vq isolated in ASID 1 (GET_VRING_GROUP, SET_GROUP_ASID,
                          CVQ buffers then shadow rings, unbatched), then stop/cont
-``netdev_hotplug``       netdev hot-plug: RAM mapped at SET_OWNER, then the probe's
-                         SET_STATUS(0), no re-map at DRIVER_OK (needs a CVQ)
+``netdev_hotplug``       netdev hot-plug: RAM mapped at SET_OWNER, the probe's
+                         SET_STATUS(0), device_add's reset, DRIVER_OK re-maps (needs a CVQ)
 ``reset_reupdate``       HYPOTHETICAL VMM: SET_STATUS(0), re-UPDATE without INVALIDATE
 ``release_reopen``       boot; release (close); open again and boot again
-``viommu``               a guest vIOMMU: RAM INVALIDATEd at DRIVER_OK, guest IOMMU mappings
-                         replayed, then one unbatched UPDATE / INVALIDATE per guest map /
-                         unmap, seeded churn
+``viommu``               a guest vIOMMU: at DRIVER_OK the listener goes to the vIOMMU, guest
+                         IOMMU mappings replayed, then one unbatched UPDATE / INVALIDATE
+                         per guest map / unmap, seeded churn
 =======================  =================================================================
 
 The guest is a realistic x86 layout (:class:`GuestLayout`): RAM below 4 GiB up to the
@@ -224,6 +225,14 @@ class GuestLayout:
         # IOVA tree's first fit starting at one page (page 0 is never handed out)
         heap = 0x5600_0000_0000
         p = page_size
+        # what the listener sees during board init, before the firmware splits the
+        # low RAM with the ROM/PAM regions: RAM below 4G whole, the BIOS, RAM above
+        # 4G -- each added in its own memory transaction (its own batch)
+        board = [Section("ram-below-4g (board init)", 0, below, ram_hva, int(Perm.RW)),
+                 secs[4]]
+        if above:
+            board.append(secs[5])
+        self.board_sections: Tuple[Section, ...] = tuple(board)
         # in QEMU 10.2's order: vhost_vdpa_net_cvq_start maps the buffers, then
         # vhost_vdpa_svqs_start the rings
         self.cvq = (
@@ -435,6 +444,7 @@ class Session:
         self.listener_registered = False    # VhostVDPAShared.listener_registered
         self.cvq_isolated = False           # vhost_vdpa_probe_cvq_isolation's answer
         self.cvq_active = False             # the shadow CVQ is mapped in ASID 1
+        self.listener_sections: List["Section"] = []   # what the listener has mapped
         self.ioctls = 0
         # what userspace believes is mapped / has unmapped: asid -> {iova: (size, uaddr, perm)}
         self.mapped: Dict[int, Dict[int, Tuple[int, int, int]]] = {}
@@ -840,16 +850,29 @@ def _listener_register(s: Session, label: str) -> None:
     ``vhost_vdpa_listener_region_add`` per RAM/ROM section (BATCH_BEGIN once,
     ``vhost_vdpa_dma_map`` each, ``vhost_vdpa_listener_commit``: BATCH_END), ASID 0."""
     s.listener_registered = True
+    s.listener_sections = list(s.guest.sections)
     s.transaction(adds=s.guest.sections, label=label)
 
 
 def _listener_unregister(s: Session, label: str) -> None:
     """``memory_listener_unregister``: ``vhost_vdpa_listener_region_del`` for every
-    section (INVALIDATE, batched like the adds), ASID 0."""
+    section the listener holds (INVALIDATE, one batch), ASID 0; nothing if it is not
+    registered."""
     if not s.listener_registered:
         return
     s.listener_registered = False
-    s.transaction(dels=s.guest.sections, label=label)
+    dels, s.listener_sections = s.listener_sections, []
+    s.transaction(dels=dels, label=label)
+
+
+def _virtio_reset(s: Session, why: str) -> None:
+    """``virtio_reset`` (hw/virtio/virtio.c) of the virtio-net device -- a system
+    reset, a hot-plugged device's reset at realize, or the guest driver resetting the
+    device -- calls ``vhost_reset_device`` -> ``vhost_vdpa_reset_device``:
+    SET_STATUS(0), then the listener unregistered (INVALIDATE batch) if it was
+    registered."""
+    s.set_status(0, f"{why}: virtio_reset -> vhost_vdpa_reset_device")
+    _listener_unregister(s, f"{why}: vhost_vdpa_reset_device: listener unregistered")
 
 
 def _boot(s: Session, *, cvq: bool = False, memory: bool = True,
@@ -864,9 +887,14 @@ def _boot(s: Session, *, cvq: bool = False, memory: bool = True,
     ``address_space_memory`` -- a hot-plugged netdev (``hotplug``) maps RAM right
     there.  With a CVQ: ``vhost_vdpa_probe_cvq_isolation`` (ends in SET_STATUS(0)),
     then the CVQ device's ``vhost_vdpa_init`` (GET_BACKEND_FEATURES only).  A
-    cold-plugged netdev gets RAM mapped during board init, before any SET_FEATURES.
-    Then :func:`_start` (the guest driver's DRIVER_OK).  ``memory=False``: a guest
-    with a vIOMMU (see ``viommu``)."""
+    cold-plugged netdev gets RAM mapped during board init, before any SET_FEATURES,
+    one transaction per region; then the machine's reset (``virtio_reset`` ->
+    ``vhost_vdpa_reset_device``) sets status 0 and unregisters the listener
+    (INVALIDATE batch) -- a hot-plugged device gets the same reset at realize.  The
+    guest driver resets the device once more (SET_STATUS(0)).  Then :func:`_start`
+    (the guest driver's DRIVER_OK) registers the listener again.  This is what the
+    real QEMU 11.1 run shows (tests/data/qemu).  ``memory=False``: a guest with a
+    vIOMMU (see ``viommu``)."""
     s.open()
     st = s.send({"op": "get_iova_range"}, "net_init_vhost_vdpa: GET_IOVA_RANGE")
     if st.ok and st.result is not None:
@@ -874,18 +902,25 @@ def _boot(s: Session, *, cvq: bool = False, memory: bool = True,
     s.negotiate()
     s.add_status(STATUS_ACK | STATUS_DRIVER, "vhost_vdpa_init: add_status(ACK|DRIVER)")
     s.set_owner()
-    s.listener_registered = True
     if hotplug:
         _listener_register(s, "vhost_vdpa_set_owner: listener registered (RAM exists)")
+    else:
+        s.listener_registered = True
     if _has_cvq(s):
         _probe_cvq_isolation(s)
+        if hotplug:
+            s.checkpoint("after the probe's SET_STATUS(0)",
+                         note="RAM was mapped at SET_OWNER; the device was reset after it")
         s.send({"op": "get_backend_features"},
                "vhost_vdpa_init (CVQ device): vhost_vdpa_set_backend_cap, GET only")
     if not hotplug:
-        s.listener_registered = False
-        _listener_register(s, "board init: RAM sections added to the listener")
-        if not memory:
-            pass
+        for sec in s.guest.board_sections:
+            s.listener_sections.append(sec)
+            s.transaction(adds=[sec], label="board init: memory_region_add_subregion")
+        _virtio_reset(s, "system reset at machine start")
+    else:
+        _virtio_reset(s, "device_add: the hot-plugged device is reset at realize")
+    _virtio_reset(s, "the guest driver resets the device at probe")
     _start(s, cvq=cvq, viommu=not memory)
 
 
@@ -981,13 +1016,16 @@ def _sc_stop_start(s: Session) -> None:
 
 @scenario("guest_reset", "QEMU 10.2 guest reset")
 def _sc_guest_reset(s: Session) -> None:
-    """Boot; the guest resets the device (QMP ``system_reset``, or the driver writing
-    status 0): ``virtio_net_set_status`` -> ``vhost_net_stop`` (as ``stop_start``),
-    then the driver starts it again -> ``vhost_net_start``.  The same ioctls and
-    messages as stop/cont: what the real QEMU run (tests/kernel/qemu_run.py) shows."""
+    """Boot; QMP ``system_reset``: ``virtio_net_set_status`` -> ``vhost_net_stop`` (as
+    ``stop_start``), ``virtio_reset`` -> ``vhost_vdpa_reset_device`` (SET_STATUS(0);
+    the listener is already unregistered), the guest driver's own reset, then
+    ``vhost_net_start`` from status 0 (FEATURES_OK = 8, DRIVER_OK = 12).  The real
+    QEMU 11.1 run shows the same (iPXE resets twice where this guest resets once)."""
     _boot(s)
     s.checkpoint("running", must=True)
     _stop(s)
+    _virtio_reset(s, "system_reset")
+    _virtio_reset(s, "the guest driver resets the device at probe")
     _start(s)
     s.checkpoint("DRIVER_OK after reset", must=True)
 
@@ -1085,14 +1123,16 @@ def _needs_cvq(s: Session) -> Optional[str]:
 @scenario("netdev_hotplug", "QEMU 10.2 netdev hot-plug", requires=_needs_cvq)
 def _sc_netdev_hotplug(s: Session) -> None:
     """``netdev_add type=vhost-vdpa`` + ``device_add`` on a running guest: RAM
-    already exists, so ``vhost_vdpa_set_owner``'s listener registration maps it
-    there; then the CVQ isolation probe's SET_STATUS(0) resets the device *after*
-    RAM is mapped.  The listener stays registered, so the start maps nothing again:
-    the check at DRIVER_OK says whether the device still translates (a parent that
-    cleans its maps at reset without IOTLB_PERSIST does not).  An observation, not a
-    must: this is what QEMU 10.2 does."""
+    already exists, so ``vhost_vdpa_set_owner``'s listener registration maps it (one
+    batch); then the CVQ isolation probe's SET_STATUS(0) resets the device *after*
+    RAM is mapped (check point: what the device holds now -- identity on vdpa_sim
+    without PERSIST, the DMA MR on mlx5, the domain kept on a platform IOMMU).  Then
+    ``device_add`` resets the new device (``virtio_reset``: SET_STATUS(0) and the
+    listener unregistered: INVALIDATE batch), and the guest driver's DRIVER_OK
+    registers it again: every parent translates at DRIVER_OK.  The real QEMU 11.1 run
+    (tests/data/qemu, hotplug) shows the steps up to the device's reset."""
     _boot(s, hotplug=True)
-    s.checkpoint("DRIVER_OK", note="QEMU 10.2 hot-plug: does the device translate?")
+    s.checkpoint("DRIVER_OK", must=True)
 
 
 @scenario("reset_reupdate", "hypothetical VMM: reset, re-UPDATE without INVALIDATE")
@@ -1137,10 +1177,11 @@ def _sc_release(s: Session) -> None:
 @scenario("viommu", "QEMU 10.2 with a vIOMMU")
 def _sc_viommu(s: Session, rounds: int = 32, per_round: int = 8, seed: int = 0x5EED) -> None:
     """A guest with a vIOMMU: RAM is mapped at board init as usual (the listener is on
-    ``address_space_memory`` from SET_OWNER), then at DRIVER_OK
-    ``vhost_vdpa_dev_start`` sees the device's DMA address space changed: the RAM is
-    INVALIDATEd (one batch) and the listener moves to the vIOMMU, whose existing guest
-    mappings are replayed (``vhost_vdpa_iommu_map_notify``: unbatched UPDATEs).  Then
+    ``address_space_memory`` from SET_OWNER) and unmapped by the machine reset; at
+    DRIVER_OK ``vhost_vdpa_dev_start`` registers the listener on the device's DMA
+    address space (were it still registered on system memory, the RAM would be
+    INVALIDATEd first), so the vIOMMU's existing guest mappings are replayed
+    (``vhost_vdpa_iommu_map_notify``: unbatched UPDATEs).  Then
     seeded churn: each guest IOMMU map / unmap is one unbatched UPDATE / INVALIDATE in
     ASID 0, naturally aligned, of size ``addr_mask + 1``; finally everything unmapped.
     Checks: mid-way and at the end, the device translates exactly what is mapped and

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from iotlb import importer as I
+from iotlb import trace as T
 from iotlb.scenarios import SCENARIOS, GuestLayout, parse_size, run_scenario
 
 DATA = Path(__file__).resolve().parent / "data" / "qemu"
-REAL = sorted(DATA.glob("*-unlimited.strace"))
+REAL = sorted(DATA.glob("qemu72-*-unlimited.strace"))
 
 
 def skeleton(ops):
@@ -67,15 +68,17 @@ def test_real_qemu_each_stop_unmaps_what_the_start_mapped_in_one_batch(real):
 
 @pytest.mark.parametrize("name", ["stop_start", "guest_reset"])
 def test_scenario_restart_has_the_real_shape(real, name):
-    """What matches: a QEMU stop unmaps every section in one batch; the start maps
-    them all again in one batch, before DRIVER_OK."""
+    """What QEMU 7.2 and 10.2 share: from the first DRIVER_OK on, a stop unmaps every
+    section in one batch and the start maps them all again in one batch, right before
+    DRIVER_OK."""
     r = run_scenario(name, "vdpa_sim", guest=GuestLayout(parse_size("64M")))
     sk = skeleton(r.ops)
-    kinds = [k for k, _ in sk if k in ("map", "unmap", "map1", "unmap1")]
+    first_ok = next(i for i, (k, v) in enumerate(sk) if k == "status" and v & 4)
+    tail = sk[first_ok - 1:]
+    kinds = [k for k, _ in tail if k in ("map", "unmap", "map1", "unmap1")]
     assert kinds == ["map", "unmap", "map"]
-    maps, unmaps = _sections(sk, "map"), _sections(sk, "unmap")
+    maps, unmaps = _sections(tail, "map"), _sections(tail, "unmap")
     assert maps[0] == maps[1] and unmaps[0] == {(i, s, 0) for i, s, _ in maps[0]}
-    # the re-map comes right before DRIVER_OK, as in the real run
     for seq in (sk, skeleton(real)):
         last_map = max(i for i, (k, _) in enumerate(seq) if k == "map")
         assert seq[last_map + 1][0] == "status" and seq[last_map + 1][1] & 4
@@ -122,18 +125,121 @@ def test_hypothetical_scenarios_are_labelled():
 
 def test_netdev_hotplug_probe_reset_after_ram_is_mapped():
     """QEMU 10.2 netdev hot-plug: RAM mapped at SET_OWNER, then the CVQ probe's
-    SET_STATUS(0), and no re-map at DRIVER_OK: a parent that cleans its maps at reset
-    (vdpa_sim, PERSIST not acked) ends up identity-mapped; one that keeps them
-    (platform IOMMU) or a PERSIST-acking VMM (hypothetical for QEMU) translates."""
+    SET_STATUS(0): a parent that cleans its maps at reset (vdpa_sim, PERSIST not
+    acked) is identity-mapped from then on, one that keeps them (platform IOMMU) or a
+    PERSIST-acking VMM (hypothetical for QEMU) still translates; device_add's reset
+    unmaps and DRIVER_OK re-maps, so all translate at DRIVER_OK."""
     g = GuestLayout(parse_size("64M"))
     r = run_scenario("netdev_hotplug", "vdpa_sim", guest=g)
     sk = skeleton(r.ops)
     first_map = next(i for i, (k, _) in enumerate(sk) if k == "map")
     assert ("status", 0) in sk[first_map:]
-    assert [k for k, _ in sk].count("map") == 1
-    cp = r.checkpoint("DRIVER_OK")
+    assert [k for k, _ in sk if k in ("map", "unmap")] == ["map", "unmap", "map"]
+    cp = r.checkpoint("after the probe's SET_STATUS(0)")
     assert not cp.translates and cp.asids[0].device == "identity"
+    assert r.checkpoint("DRIVER_OK").translates
     assert run_scenario("netdev_hotplug", "platform_iommu", guest=g).checkpoint(
-        "DRIVER_OK").translates
+        "after the probe's SET_STATUS(0)").translates
     assert run_scenario("netdev_hotplug", "vdpa_sim", guest=g, persist=True).checkpoint(
-        "DRIVER_OK").translates
+        "after the probe's SET_STATUS(0)").translates
+
+
+# ============================================================== against QEMU 11.1 (10.2 code)
+REAL11 = DATA / "qemu111-6.12-b1v0-unlimited.trace"
+HOT11 = DATA / "qemu111-6.12-b1v0-hotplug.trace"
+_TOK = {"get_iova_range": "IOVA", "get_backend_features": "GBF",
+        "set_backend_features": "SBF", "get_vring_group": "GVG", "set_owner": "OWNER",
+        "suspend": "SUSPEND", "get_status": "g", "open": "OPEN",
+        "set_group_asid": "SGA"}
+
+
+def shape(ops):
+    """The ioctl/status sequence with the memory messages folded: each run of batches
+    (and unbatched messages) between two ioctls is one ``mem`` token, and a run of
+    SET_STATUS(0) is one ``S0`` (how often a guest driver resets the device is the
+    guest's business; a reset of a reset device changes nothing).  The sections
+    themselves depend on the machine and are compared separately."""
+    out = []
+    for op in ops:
+        k = op["op"]
+        if k in T.MESSAGE_OPS:
+            tok = "mem"
+        elif k == "set_status":
+            tok = f"S{op['status']}"
+        elif k in ("release", "memlock", "meta"):
+            continue
+        else:
+            tok = _TOK[k]
+        if out and out[-1] == tok and tok in ("mem", "S0"):
+            continue
+        out.append(tok)
+    return out
+
+
+def _cut(seq, n_starts):
+    """``seq`` up to and including the GET_STATUS after the n-th DRIVER_OK."""
+    seen = 0
+    for i, tok in enumerate(seq):
+        if tok[:1] == "S" and tok[1:].isdigit() and int(tok[1:]) & 4:
+            seen += 1
+            if seen == n_starts:
+                return seq[:i + 2]
+    raise AssertionError(f"fewer than {n_starts} starts in {seq}")
+
+
+@pytest.fixture(scope="module")
+def real11():
+    return shape(I.read_log(str(REAL11), "qemu-trace").ops)
+
+
+G64 = GuestLayout(parse_size("64M"))
+
+
+def test_boot_is_what_qemu_11_sent(real11):
+    """Cold boot, op for op (memory folded): init, SET_OWNER, the CVQ isolation probe,
+    board-init maps, the machine reset's SET_STATUS(0) + unmap, the driver's reset,
+    FEATURES_OK (8: status was 0), the listener's re-map, DRIVER_OK (12)."""
+    boot = shape(run_scenario("boot", "vdpa_sim", guest=G64).ops)
+    assert boot == _cut(real11, 1)
+    assert boot == ["OPEN", "IOVA", "GBF", "SBF", "g", "S3", "g", "OWNER", "GBF", "S3",
+                    "S11", "GVG", "GVG", "GVG", "S0", "GBF", "mem", "S0", "mem", "S0", "g", "S8", "g",
+                    "mem", "g", "S12", "g"]
+
+
+def test_stop_cont_and_system_reset_are_what_qemu_11_sent(real11):
+    """QMP stop + cont (``stop_start``) and system_reset (``guest_reset``): SUSPEND,
+    SET_STATUS(0) + unmap, ACK|DRIVER; FEATURES_OK, re-map, DRIVER_OK -- and after a
+    system reset the device restarts from status 0."""
+    ss = shape(run_scenario("stop_start", "vdpa_sim", guest=G64).ops)
+    gr = shape(run_scenario("guest_reset", "vdpa_sim", guest=G64).ops)
+    assert ss == _cut(real11, 2)
+    assert gr[:len(_cut(real11, 1))] == _cut(real11, 1)
+    assert gr[len(_cut(real11, 1)):] == _cut(real11, 3)[len(_cut(real11, 2)):]
+
+
+def test_the_restart_maps_what_the_stop_unmapped_as_qemu_11_did():
+    for ops in (I.read_log(str(REAL11), "qemu-trace").ops,
+                run_scenario("stop_start", "vdpa_sim", guest=G64).ops):
+        sk = skeleton(ops)
+        first_ok = next(i for i, (k, v) in enumerate(sk) if k == "status" and v & 4)
+        tail = sk[first_ok - 1:]                       # from the first DRIVER_OK re-map
+        maps, unmaps = _sections(tail, "map"), _sections(tail, "unmap")
+        assert len(maps) >= 2 and all(m == maps[0] for m in maps)
+        assert unmaps and all(u == {(i, s, 0) for i, s, _ in maps[0]} for u in unmaps)
+        # before it: the board-init maps, all unmapped by the machine reset
+        head = sk[:first_ok - 1]
+        mapped = {(i, s) for m in _sections(head, "map") for i, s, _ in m}
+        assert mapped and mapped == {(i, s) for u in _sections(head, "unmap") for i, s, _ in u}
+
+
+def test_netdev_hotplug_is_what_qemu_11_sent():
+    """Hot-plug: SET_OWNER maps RAM (one batch) before the probe, whose SET_STATUS(0)
+    resets the device; device_add's reset then unmaps it.  (The real run stops there:
+    no guest driver takes the hot-plugged NIC; the scenario goes on to DRIVER_OK.)"""
+    real = shape(I.read_log(str(HOT11), "qemu-trace").ops)
+    sc = shape(run_scenario("netdev_hotplug", "vdpa_sim", guest=G64).ops)
+    assert real == ["OPEN", "IOVA", "GBF", "SBF", "g", "S3", "g", "OWNER", "mem", "GBF",
+                    "S3", "S11", "GVG", "GVG", "GVG", "S0", "GBF", "S0", "mem"]
+    assert sc[:len(real)] == real
+    hot = skeleton(I.read_log(str(HOT11), "qemu-trace").ops)
+    assert [k for k, _ in hot if k in ("map", "unmap")] == ["map", "unmap"]

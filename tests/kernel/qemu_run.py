@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """A real QEMU on a real vhost-vdpa device, checked against the model: one command.
 
-    python3 tests/kernel/qemu_run.py [--kernel 6.12] [--venv .venv] [--save tests/data/qemu]
+    python3 tests/kernel/qemu_run.py [--qemu host,sid] [--config b1v0] [--kernel 6.12]
+                                     [--venv .venv] [--save tests/data/qemu]
 
-For each vdpa_sim configuration in ``CONFIGS`` it boots the kernel with
-tests/kernel/lab.py and, inside the guest, runs Debian's own ``qemu-system-x86_64``
-(the host's, seen read-only through 9p) on ``/dev/vhost-vdpa-0``::
+For each QEMU (``host``: the host's Debian bookworm QEMU 7.2, seen read-only through
+9p; ``sid``: Debian sid's QEMU 11.1 -- the QEMU 10.2 vhost-vdpa code -- fetched with
+apt into the lab cache and run with its own libraries) and each vdpa_sim
+configuration in ``CONFIGS`` it boots the kernel with tests/kernel/lab.py and, inside
+the guest, runs QEMU on ``/dev/vhost-vdpa-0``::
 
     strace -f -e trace=openat,ioctl,write -X raw -xx -s 128 -o CASE.strace \\
       qemu-system-x86_64 -machine q35,accel=tcg -m 256 -nographic -nodefaults \\
@@ -17,15 +20,19 @@ DRIVER_OK, so vhost starts).  QMP then drives the lifecycle: ``stop``, ``cont``,
 ``system_reset`` (iPXE starts the device again), ``quit`` -- each step waiting until the
 trace log shows the vhost device stopped or started.  Each case runs QEMU with a given
 ``RLIMIT_MEMLOCK`` (Debian's default 8 MiB, where pinning guest RAM fails, and
-unlimited).
+unlimited); the ``hotplug`` case starts the machine without the NIC and hot-plugs it
+(QMP ``netdev_add`` + ``device_add`` into a PCIe root port).  QEMU 11's main loop
+writes its eventfd so often that strace of ``write()`` slows it to a crawl: for it
+only ``openat,ioctl`` are straced and the messages come from the trace log.
 
 On the host both logs are imported (``iotlb import qemu-trace`` / ``iotlb import
 strace``, :mod:`iotlb.importer`), the two imports must agree op by op (what the trace
 log implies vs what strace saw), and the strace import is replayed through the model
-(vdpa_sim with the same options, the guest kernel's profile) and compared with what
-strace saw each call return: 0 differences, else FAIL.  One PASS/FAIL line per case;
+(vdpa_sim with the same options, the guest kernel's profile; for QEMU 11 the trace
+log's sequence with strace's ioctl results) and compared with what strace saw each
+call return: 0 differences, else FAIL.  One PASS/FAIL line per case;
 exit status 1 on any failure.  ``--save DIR`` keeps the logs (the golden inputs of
-tests/test_import_qemu_real.py).  Needs what lab.py needs, plus ``qemu-system-x86``
+tests/test_import.py and tests/test_scenarios_qemu.py in tests/data/qemu).  Needs what lab.py needs, plus ``qemu-system-x86``
 and ``strace`` installed on the host.
 """
 from __future__ import annotations
@@ -52,7 +59,10 @@ CONFIGS = {
     "b0v0": ("batch_mapping=0 use_va=0", {"batch_mapping": False, "use_va": False}),
 }
 #: case name -> RLIMIT_MEMLOCK of QEMU in bytes (None: unlimited)
-CASES = {"memlock8m": 8 << 20, "unlimited": None}
+CASES = {"memlock8m": 8 << 20, "unlimited": None, "hotplug": None}
+#: case name -> what QMP does: the stop/cont/system_reset lifecycle, or a netdev_add +
+#: device_add into a running machine (no guest driver takes the hot-plugged device)
+PLANS = {"memlock8m": "lifecycle", "unlimited": "lifecycle", "hotplug": "hotplug"}
 PAGE = 4096
 
 
@@ -77,8 +87,11 @@ class QMP:
         json.loads(self.fp.readline())                  # greeting
         self.cmd("qmp_capabilities")
 
-    def cmd(self, name: str) -> dict:
-        self.fp.write(json.dumps({"execute": name}) + "\n")
+    def cmd(self, name: str, **arguments) -> dict:
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.fp.write(json.dumps(msg) + "\n")
         self.fp.flush()
         while True:
             line = self.fp.readline()
@@ -89,7 +102,20 @@ class QMP:
                 return msg
 
 
-def guest_case(out: Path, name: str, memlock, qemu: str, timeout: float) -> dict:
+def qemu_command(root: str) -> tuple:
+    """(argv prefix, environment) to run the QEMU of an extracted Debian root (its
+    own dynamic loader and libraries), or the system's QEMU when ``root`` is empty."""
+    if not root:
+        return ["qemu-system-x86_64"], dict(os.environ)
+    lib = f"{root}/usr/lib/x86_64-linux-gnu"
+    return ([f"{lib}/ld-linux-x86-64.so.2", "--library-path", f"{lib}:{lib}/pulseaudio",
+             f"{root}/usr/bin/qemu-system-x86_64", "-L", f"{root}/usr/share/qemu",
+             "-L", f"{root}/usr/share/seabios"],
+            dict(os.environ, QEMU_MODULE_DIR=f"{lib}/qemu"))
+
+
+def guest_case(out: Path, name: str, memlock, qemu: list, timeout: float,
+               env: dict, writes: bool = True) -> dict:
     """Run QEMU once (inside the lab guest); returns what happened."""
     trace, strace = out / f"{name}.trace", out / f"{name}.strace"
     for f in (trace, strace):
@@ -99,15 +125,18 @@ def guest_case(out: Path, name: str, memlock, qemu: str, timeout: float) -> dict
     sock = os.path.join(sockdir, "qmp.sock")
     lim = resource.RLIM_INFINITY if memlock is None else memlock
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (lim, lim))
-    cmd = ["strace", "-f", "-e", "trace=openat,ioctl,write", "-X", "raw", "-xx", "-s", "128",
-           "-o", str(strace), qemu, "-machine", "q35,accel=tcg", "-m", "256",
-           "-nographic", "-nodefaults", "-serial", "none", "-monitor", "none",
-           "-netdev", "type=vhost-vdpa,vhostdev=/dev/vhost-vdpa-0,id=n0",
-           "-device", "virtio-net-pci,netdev=n0",
+    plan = PLANS[name]
+    calls = "openat,ioctl,write" if writes else "openat,ioctl"
+    nic = (["-netdev", "type=vhost-vdpa,vhostdev=/dev/vhost-vdpa-0,id=n0",
+            "-device", "virtio-net-pci,netdev=n0"] if plan == "lifecycle" else
+           ["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1"])
+    cmd = ["strace", "-f", "-e", f"trace={calls}", "-X", "raw", "-xx", "-s", "128",
+           "-o", str(strace), *qemu, "-machine", "q35,accel=tcg", "-m", "256",
+           "-nographic", "-nodefaults", "-serial", "none", "-monitor", "none", *nic,
            "-trace", "vhost_vdpa_*", "-D", str(trace), "-qmp", f"unix:{sock},server=on,wait=off"]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     steps = []
     while not os.path.exists(sock):
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
@@ -131,8 +160,20 @@ def guest_case(out: Path, name: str, memlock, qemu: str, timeout: float) -> dict
                      f" at {time.monotonic() - t0:.1f}s")
         return ok
 
-    ok = (step("", started, 1) and step("stop", stopped, 1) and step("cont", started, 2)
-          and step("system_reset", started, 3))
+    if plan == "lifecycle":
+        ok = (step("", started, 1) and step("stop", stopped, 1) and step("cont", started, 2)
+              and step("system_reset", started, 3))
+    else:
+        time.sleep(5)                      # the machine is up and running the firmware
+        r1 = qmp.cmd("netdev_add", type="vhost-vdpa", id="n0",
+                     vhostdev="/dev/vhost-vdpa-0")
+        r2 = qmp.cmd("device_add", driver="virtio-net-pci", netdev="n0", bus="rp1", id="nic0")
+        ok = "error" not in r1 and "error" not in r2
+        steps.append(f"netdev_add: {r1.get('error') or 'ok'}; device_add: "
+                     f"{r2.get('error') or 'ok'} at {time.monotonic() - t0:.1f}s")
+        # the netdev is up (SET_OWNER traced); give device_add's reset a moment
+        ok = ok and _wait_for(trace, "vhost_vdpa_set_owner", 1, timeout)
+        time.sleep(3)
     qmp.cmd("quit")
     try:
         rc = proc.wait(timeout=60)
@@ -149,16 +190,23 @@ def guest_case(out: Path, name: str, memlock, qemu: str, timeout: float) -> dict
 def guest_main(argv) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--qemu", default="qemu-system-x86_64")
+    p.add_argument("--qemu-root", default="",
+                   help="an extracted Debian root whose QEMU to run (default: the system's)")
     p.add_argument("--timeout", type=float, default=90)
     p.add_argument("--case", action="append")
+    p.add_argument("--no-writes", action="store_true",
+                   help="strace openat,ioctl only (QEMU 11's main loop writes its eventfd "
+                        "so often that tracing write() slows it to a crawl)")
     a = p.parse_args(argv)
     out = Path(a.out)
-    version = subprocess.run([a.qemu, "--version"], capture_output=True, text=True).stdout
+    qemu, env = qemu_command(a.qemu_root)
+    version = subprocess.run([*qemu, "--version"], capture_output=True, text=True,
+                             env=env).stdout
     results = {"qemu": version.splitlines()[0] if version else "?",
                "kernel": os.uname().release, "cases": []}
     for name in a.case or list(CASES):
-        results["cases"].append(guest_case(out, name, CASES[name], a.qemu, a.timeout))
+        results["cases"].append(guest_case(out, name, CASES[name], qemu, a.timeout, env,
+                                           writes=not a.no_writes))
     (out / "guest.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
@@ -179,13 +227,31 @@ memlock = None if memlock == "none" else ("unlimited" if memlock == "unlimited" 
 options = json.loads(options)
 q = I.read_log(trace, "qemu-trace", memlock=memlock)
 s = I.read_log(strace, "strace", memlock=memlock)
+from iotlb.trace import MESSAGE_OPS
 key = lambda o: {k: v for k, v in o.items() if k not in ("comment", "expect", "inferred")}
-a = [key(o) for o in q.ops]
-b = [key(o) for o in s.ops if not (o["op"] == "release" and o.get("inferred"))]
+sops = [o for o in s.ops if not (o["op"] == "release" and o.get("inferred"))]
+writes = any(o["op"] in MESSAGE_OPS for o in sops)
+# without straced writes (QEMU 11) the trace log gives the messages: compare the rest
+qops = [o for o in q.ops if (writes or o["op"] not in MESSAGE_OPS) and
+        not (o["op"] == "release" and o.get("inferred"))]
+a = [key(o) for o in qops]
+b = [key(o) for o in sops]
 agree = a == b
 first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-n, diffs = I.check(s.ops, "vdpa_sim", kernel=kernel, **options)
-fails = [st for st in s.ops if st.get("expect") and st["expect"].get("errno")]
+if writes:
+    ops = s.ops
+else:
+    # the trace log's sequence with strace's results on its ioctls
+    ops, it = [], iter(sops)
+    for o in q.ops:
+        if o["op"] in MESSAGE_OPS:
+            ops.append(o)
+        else:
+            twin = next(it, None)
+            ops.append(dict(o, expect=twin["expect"]) if agree and twin and
+                       "expect" in twin else o)
+n, diffs = I.check(ops, "vdpa_sim", kernel=kernel, **options)
+fails = [st for st in ops if st.get("expect") and st["expect"].get("errno")]
 print(json.dumps({"trace": q.summary(), "strace": s.summary(), "agree": agree,
                   "first_disagreement": None if agree else [first, a[first:first+1], b[first:first+1]],
                   "checked": n, "differences": [str(d) for d in diffs],
@@ -207,14 +273,66 @@ print(json.dumps({"trace": q.summary(), "strace": s.summary(), "agree": agree,
     return d["agree"] and not d["differences"] and d["checked"] > 0, lines
 
 
+SID_PACKAGES = ["qemu-system-x86", "seabios", "ipxe-qemu"]
+
+
+def prepare_sid_qemu() -> Path:
+    """Debian sid's qemu-system-x86 (QEMU 11.1 today) extracted with its libraries into
+    the lab cache (apt with a private configuration, the machine's mirror), runnable in
+    the lab guest through its own dynamic loader; reused when already there."""
+    sys.path.insert(0, str(HERE))
+    import lab                                   # the lab's mirror discovery
+
+    base = lab.cache_dir() / "qemu"
+    apt = base / "apt"
+    for sub in ("etc/sources.list.d", "etc/preferences.d", "state/lists/partial",
+                "debs/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    mirror, _ = lab.host_mirrors()
+    (apt / "etc/sources.list").write_text(
+        f"deb [signed-by={lab.Apt.KEYRING}] {mirror} sid main\n")
+    opts = []
+    for k, v in {"Dir::Etc::sourcelist": apt / "etc/sources.list",
+                 "Dir::Etc::sourceparts": apt / "etc/sources.list.d",
+                 "Dir::Etc::preferencesparts": apt / "etc/preferences.d",
+                 "Dir::State": apt / "state", "Dir::State::status": "/dev/null",
+                 "Dir::Cache": apt / "cache", "Dir::Cache::archives": apt / "debs",
+                 "APT::Architecture": "amd64", "APT::Install-Recommends": "false",
+                 "Debug::NoLocking": "true"}.items():
+        opts += ["-o", f"{k}={v}"]
+    subprocess.run(["apt-get", "-q", *opts, "update"], check=True, capture_output=True)
+    pol = subprocess.run(["apt-cache", *opts, "policy", "qemu-system-x86"], check=True,
+                         capture_output=True, text=True).stdout
+    version = next(ln.split()[1] for ln in pol.splitlines() if "Candidate:" in ln)
+    root = base / f"sid-{version.split(':')[-1]}"
+    if (root / "usr/bin/qemu-system-x86_64").exists():
+        return root
+    subprocess.run(["apt-get", "-q", "-y", *opts, "install", "--download-only", *SID_PACKAGES],
+                   check=True, capture_output=True)
+    tmp = Path(str(root) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for deb in sorted((apt / "debs").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True)
+    tmp.rename(root)
+    return root
+
+
 def host_main(argv) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kernel", default="6.12")
-    p.add_argument("--config", default=",".join(CONFIGS),
-                   help=f"comma list of {', '.join(CONFIGS)} (default: all)")
+    p.add_argument("--config", default="b1v0",
+                   help=f"comma list of {', '.join(CONFIGS)} (default: %(default)s)")
     p.add_argument("--venv", default=str(ROOT / ".venv"), help="the venv with iotlb")
     p.add_argument("--save", metavar="DIR", help="keep the logs here (e.g. tests/data/qemu)")
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--qemu", default="host,sid",
+                   help="comma list: host = the host's QEMU (Debian bookworm: 7.2), sid = "
+                        "Debian sid's (11.1, fetched with apt into the lab cache; its "
+                        "write() calls are not straced, the trace log gives the messages, "
+                        "so its memlock8m case is not run by default) (default: %(default)s)")
+    p.add_argument("--case", action="append", choices=list(CASES),
+                   help="only this case (repeatable; default: all)")
     a = p.parse_args(argv)
     venv = Path(a.venv)
     for tool in ("qemu-system-x86_64", "strace"):
@@ -222,21 +340,32 @@ def host_main(argv) -> int:
             print(f"qemu_run: {tool} is not installed on the host "
                   "(apt-get install -y qemu-system-x86 strace)", file=sys.stderr)
             return 2
+    qemus = a.qemu.split(",")
+    if not set(qemus) <= {"host", "sid"}:
+        print(f"qemu_run: --qemu: expected host and/or sid, got {a.qemu!r}", file=sys.stderr)
+        return 2
+    sid_root = prepare_sid_qemu() if "sid" in qemus else None
     t_all = time.monotonic()
     failed = 0
     passed = 0
     work = Path(tempfile.mkdtemp(prefix="qemu-run-"))
-    for cfg in a.config.split(","):
+    runs = [(q, cfg) for q in qemus for cfg in a.config.split(",")]
+    for which, cfg in runs:
         if cfg not in CONFIGS:
             print(f"qemu_run: unknown config {cfg!r} (known: {', '.join(CONFIGS)})", file=sys.stderr)
             return 2
         params, options = CONFIGS[cfg]
-        out = work / cfg
+        out = work / f"{which}-{cfg}"
         out.mkdir(parents=True)
         t = time.monotonic()
         cmd = [sys.executable, str(LAB), "run", "--kernel", a.kernel, "--vdpa-sim", params,
                "--rw", str(out), "--cwd", str(out), "--timeout", str(a.timeout), "--",
                "python3", str(Path(__file__).resolve()), "guest", str(out)]
+        cases = a.case or [c for c in CASES if not (which == "sid" and c == "memlock8m")]
+        for c in cases:
+            cmd += ["--case", c]
+        if which == "sid":
+            cmd += ["--qemu-root", str(sid_root), "--no-writes"]
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         res_file = out / "guest.json"
         if r.returncode != 0 or not res_file.exists():
@@ -265,7 +394,8 @@ def host_main(argv) -> int:
             if a.save:
                 dest = Path(a.save)
                 dest.mkdir(parents=True, exist_ok=True)
-                stem = f"qemu72-{a.kernel}-{cfg}-{name}"
+                ver = res["qemu"].split("version ")[-1].split()[0].split(".")
+                stem = f"qemu{ver[0]}{ver[1]}-{a.kernel}-{cfg}-{name}"
                 # the unix socket path is random: keep the logs byte for byte otherwise
                 shutil.copyfile(trace, dest / f"{stem}.trace")
                 shutil.copyfile(strace, dest / f"{stem}.strace")

@@ -1316,6 +1316,14 @@ def cmd_bench(argv: List[str]) -> int:
     return 0 if rc is None else int(rc)
 
 
+def cmd_import(args) -> int:
+    """``iotlb import qemu-trace|strace LOG``: :func:`iotlb.importer.cmd`."""
+    from . import importer
+
+    return importer.cmd(args, make_backend=_make_backend,
+                        parse_options=lambda items: _parse_options(items, "--option"))
+
+
 def cmd_scenarios(args) -> int:
     from .scenarios import SCENARIOS
 
@@ -1461,6 +1469,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scenarios", help="list the scenarios")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_scenarios)
+
+    from .importer import HELP as _IMPORT_HELP, add_arguments as _import_arguments
+
+    i = sub.add_parser("import", help="a QEMU trace log or an strace log as a trace",
+                       description=_IMPORT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _import_arguments(i)
+    i.set_defaults(func=cmd_import)
 
     k = sub.add_parser("backends", help="list the installed backends")
     k.add_argument("--json", action="store_true")

@@ -10,31 +10,35 @@ mapped to the right address (the user address in VA mode, the physical address o
 the user-memory model in PA mode), what the device holds instead (identity, nothing,
 stale entries), pins, messages.
 
-The sequences follow ``hw/virtio/vhost-vdpa.c`` (kernel-semantics §6):
+The sequences follow QEMU 10.2.2 (``hw/virtio/vhost-vdpa.c``, ``net/vhost-vdpa.c``,
+``hw/virtio/vhost.c``; docs/qemu.md), each step's docstring naming the QEMU function it
+mirrors:
 
-====================  ====================================================================
-``boot``              open, SET_OWNER, GET/SET_BACKEND_FEATURES (MSG_V2|BATCH|ASID|SUSPEND
-                      as offered, plus IOTLB_PERSIST when asked for and offered),
-                      SET_STATUS(ACK|DRIVER), FEATURES_OK, one BATCH_BEGIN / UPDATE per
-                      RAM section / BATCH_END in ASID 0, DRIVER_OK
-``stop_start``        boot; stop (SUSPEND if acked else SET_STATUS(0); SET_STATUS(0);
-                      SET_STATUS(ACK|DRIVER); INVALIDATE-all batch); start (FEATURES_OK,
-                      UPDATE-all batch, DRIVER_OK)
-``persist_stop_start`` the same stop/start without the INVALIDATE-all / UPDATE-all cycle,
-                      as IOTLB_PERSIST would let a VMM do (it skips whether or not PERSIST
-                      is acked: the check at DRIVER_OK says whether skipping was safe)
-``hotplug``           boot; a DIMM hot-added: BATCH_BEGIN, UPDATE, BATCH_END
-``hotunplug``         hotplug, then the DIMM removed: BATCH_BEGIN, INVALIDATE, BATCH_END
-``shadow_cvq``        the control vq isolated in ASID 1: GET_VRING_GROUP,
-                      SET_GROUP_ASID(cvq group, 1), UPDATEs of the shadow CVQ rings and
-                      buffers in ASID 1 (no batch), guest memory in ASID 0, then a
-                      stop/start that redoes it (needs nas >= 2)
-``reset_reupdate``    boot; SET_STATUS(0); the memory listener replayed *without* the
-                      INVALIDATE-all first: every UPDATE fails with EEXIST
-``release_reopen``    boot; release (close); open again and boot again
-``viommu``            a guest vIOMMU: no RAM sections; one unbatched UPDATE / INVALIDATE
-                      per guest IOMMU map / unmap, seeded churn
-====================  ====================================================================
+=======================  =================================================================
+``boot``                 open, GET_IOVA_RANGE; ``vhost_vdpa_init``: GET/SET_BACKEND_FEATURES
+                         (MSG_V2|BATCH|ASID|SUSPEND as offered; never PERSIST unless the
+                         session plays a hypothetical PERSIST-aware VMM), add_status(ACK|
+                         DRIVER); SET_OWNER (listener registered); the CVQ isolation probe
+                         (... SET_STATUS(0)); RAM mapped at board init (a batch per
+                         region, ASID 0); machine reset: SET_STATUS(0) + INVALIDATE batch;
+                         the driver's reset; FEATURES_OK, UPDATE batch, DRIVER_OK
+``stop_start``           boot; QMP stop (SUSPEND if acked else SET_STATUS(0) + INVALIDATE
+                         batch; SET_STATUS(0) [+ INVALIDATE batch]; ACK|DRIVER); cont
+                         (FEATURES_OK, UPDATE batch, DRIVER_OK)
+``guest_reset``          QMP system_reset: stop, virtio_reset, the driver's reset, start
+``persist_stop_start``   HYPOTHETICAL VMM: the same stop/start without the unmap / re-map
+``hotplug``              boot; a DIMM hot-added: BATCH_BEGIN, UPDATE, BATCH_END
+``hotunplug``            hotplug, then the DIMM removed: BATCH_BEGIN, INVALIDATE, BATCH_END
+``shadow_cvq``           the control vq isolated in ASID 1 (GET_VRING_GROUP, SET_GROUP_ASID,
+                         CVQ buffers then shadow rings, unbatched), then stop/cont
+``netdev_hotplug``       netdev hot-plug: RAM mapped at SET_OWNER, the probe's
+                         SET_STATUS(0), device_add's reset, DRIVER_OK re-maps (needs a CVQ)
+``reset_reupdate``       HYPOTHETICAL VMM: SET_STATUS(0), re-UPDATE without INVALIDATE
+``release_reopen``       boot; release (close); open again and boot again
+``viommu``               a guest vIOMMU: at DRIVER_OK the listener goes to the vIOMMU, guest
+                         IOMMU mappings replayed, then one unbatched UPDATE / INVALIDATE
+                         per guest map / unmap, seeded churn
+=======================  =================================================================
 
 The guest is a realistic x86 layout (:class:`GuestLayout`): RAM below 4 GiB up to the
 PCI hole at 3 GiB, the rest above 4 GiB, the legacy ROM/BIOS sections read-only.
@@ -221,11 +225,29 @@ class GuestLayout:
         # IOVA tree's first fit starting at one page (page 0 is never handed out)
         heap = 0x5600_0000_0000
         p = page_size
+        # what the listener sees during board init, before the firmware splits the
+        # low RAM with the ROM/PAM regions: RAM below 4G whole, the BIOS, RAM above
+        # 4G -- each added in its own memory transaction (its own batch)
+        board = [Section("ram-below-4g (board init)", 0, below, ram_hva, int(Perm.RW)),
+                 secs[4]]
+        if above:
+            board.append(secs[5])
+        self.board_sections: Tuple[Section, ...] = tuple(board)
+        # in QEMU 10.2's order: vhost_vdpa_net_cvq_start maps the buffers, then
+        # vhost_vdpa_svqs_start the rings
         self.cvq = (
-            Section("svq-driver-area", p, p, heap, int(Perm.RO)),
-            Section("svq-device-area", 2 * p, p, heap + 16 * p, int(Perm.RW)),
-            Section("cvq-out-buffer", 3 * p, p, heap + 32 * p, int(Perm.RO)),
-            Section("cvq-in-buffer", 4 * p, p, heap + 48 * p, int(Perm.RW)),
+            Section("cvq-out-buffer", p, p, heap + 32 * p, int(Perm.RO)),
+            Section("cvq-in-buffer", 2 * p, p, heap + 48 * p, int(Perm.RW)),
+            Section("svq-driver-area", 3 * p, p, heap, int(Perm.RO)),
+            Section("svq-device-area", 4 * p, p, heap + 16 * p, int(Perm.RW)),
+        )
+        # with a vIOMMU: the guest's IOMMU mappings that exist at DRIVER_OK (its
+        # rings, mapped by the driver before it), replayed by
+        # memory_region_iommu_replay; Linux's IOVA allocator works down from 4 GiB
+        self.iommu_boot = (
+            Section("iommu-ring-0", self.FOUR_G - 2 * p, p, ram_hva + 0x10_0000, int(Perm.RW)),
+            Section("iommu-ring-1", self.FOUR_G - 4 * p, 2 * p, ram_hva + 0x20_0000,
+                    int(Perm.RW)),
         )
 
     @property
@@ -421,6 +443,11 @@ class Session:
         self.acked = 0
         self.status = 0
         self.messages = 0
+        self.iova_range: Tuple[int, int] = (0, U64_MAX)
+        self.listener_registered = False    # VhostVDPAShared.listener_registered
+        self.cvq_isolated = False           # vhost_vdpa_probe_cvq_isolation's answer
+        self.cvq_active = False             # the shadow CVQ is mapped in ASID 1
+        self.listener_sections: List["Section"] = []   # what the listener has mapped
         self.ioctls = 0
         # what userspace believes is mapped / has unmapped: asid -> {iova: (size, uaddr, perm)}
         self.mapped: Dict[int, Dict[int, Tuple[int, int, int]]] = {}
@@ -510,8 +537,21 @@ class Session:
         return self.send({"op": "set_status", "status": status},
                          label or f"SET_STATUS({_trace._status_text(status)})")
 
-    def add_status(self, bits: int, label: str = "") -> Step:
-        return self.set_status(self.status | bits, label)
+    def add_status(self, bits: int, label: str = "") -> Optional[Step]:
+        """``vhost_vdpa_add_status`` (QEMU 10.2): GET_STATUS; nothing more if the bits
+        are already set; else SET_STATUS(status | bits) and GET_STATUS again."""
+        self.send({"op": "get_status"}, "vhost_vdpa_add_status: GET_STATUS")
+        if self.status & bits == bits:
+            return None
+        st = self.set_status(self.status | bits, label)
+        self.send({"op": "get_status"}, "vhost_vdpa_add_status: GET_STATUS")
+        return st
+
+    def in_range(self, sec: "Section") -> bool:
+        """``vhost_vdpa_listener_skipped_section``: a section outside GET_IOVA_RANGE is
+        skipped."""
+        first, last = self.iova_range
+        return sec.iova >= first and sec.last <= last
 
     # ------------------------------------------------------------ message helpers
     def update(self, sec: Section, asid: int = 0, label: str = "", *,
@@ -532,6 +572,8 @@ class Session:
                     expect: Optional[int] = None) -> None:
         """One memory-listener transaction: BATCH_BEGIN (if BATCH is acked),
         INVALIDATE of every removed section, UPDATE of every added one, BATCH_END."""
+        adds = [sec for sec in adds if self.in_range(sec)]
+        dels = [sec for sec in dels if self.in_range(sec)]
         if not adds and not dels:
             return
         if self.batching:
@@ -749,6 +791,11 @@ class Scenario:
     run: Callable[[Session], None]
     requires: Optional[Callable[[Session], Optional[str]]] = None
 
+    @property
+    def hypothetical(self) -> bool:
+        """True for a what-if VMM, not what QEMU 10.2 does."""
+        return self.title.startswith("hypothetical")
+
 
 #: name -> :class:`Scenario`, in presentation order.
 SCENARIOS: Dict[str, Scenario] = {}
@@ -762,56 +809,204 @@ def scenario(name: str, title: str, requires=None):
     return deco
 
 
-def _boot(s: Session, *, cvq: bool = False, memory: bool = True) -> None:
+def _has_cvq(s: Session) -> bool:
+    """virtio-net with VIRTIO_NET_F_CTRL_VQ: an odd number of vqs, the last the CVQ
+    (``vhost_vdpa_get_max_queue_pairs``: ``has_cvq``)."""
+    return s.backend.nvqs % 2 == 1
+
+
+def _vring_group(s: Session, vq: int, label: str) -> Optional[int]:
+    st = s.send({"op": "get_vring_group", "vq": vq}, label)
+    return int(st.result) if st.ok and st.result is not None else None
+
+
+def _probe_cvq_isolation(s: Session) -> None:
+    """``vhost_vdpa_probe_cvq_isolation`` (net/vhost-vdpa.c, QEMU 10.2), untraced by
+    QEMU: GET_BACKEND_FEATURES; if ASID is offered SET_STATUS(ACK|DRIVER),
+    SET_FEATURES, SET_STATUS(|FEATURES_OK), GET_VRING_GROUP of the CVQ then of vq 0,
+    1... until one shares the CVQ's group; then SET_STATUS(0) *always* -- a device
+    reset, whatever the device held."""
+    why = "vhost_vdpa_probe_cvq_isolation"
+    st = s.send({"op": "get_backend_features"}, f"{why}: GET_BACKEND_FEATURES")
+    offered = int(st.result or 0) if st.ok else 0
+    s.cvq_isolated = False
+    if not offered & F.IOTLB_ASID:
+        return
+    s.set_status(STATUS_ACK | STATUS_DRIVER, f"{why}: SET_STATUS(ACK|DRIVER)")
+    s.set_status(STATUS_ACK | STATUS_DRIVER | STATUS_FEATURES_OK,
+                 f"{why}: SET_STATUS(|FEATURES_OK) after SET_FEATURES")
+    cvq_index = s.backend.nvqs - 1
+    cvq_group = _vring_group(s, cvq_index, f"{why}: GET_VRING_GROUP of the CVQ")
+    if cvq_group is not None:
+        isolated = True
+        for i in range(cvq_index):
+            g = _vring_group(s, i, f"{why}: GET_VRING_GROUP({i})")
+            if g is None or g == cvq_group:
+                isolated = False
+                break
+        s.cvq_isolated = isolated
+    s.set_status(0, f"{why}: SET_STATUS(0) (always)")
+
+
+def _listener_register(s: Session, label: str) -> None:
+    """``memory_listener_register`` of the vhost-vdpa listener: one transaction of
+    ``vhost_vdpa_listener_region_add`` per RAM/ROM section (BATCH_BEGIN once,
+    ``vhost_vdpa_dma_map`` each, ``vhost_vdpa_listener_commit``: BATCH_END), ASID 0."""
+    s.listener_registered = True
+    s.listener_sections = list(s.guest.sections)
+    s.transaction(adds=s.guest.sections, label=label)
+
+
+def _listener_unregister(s: Session, label: str) -> None:
+    """``memory_listener_unregister``: ``vhost_vdpa_listener_region_del`` for every
+    section the listener holds (INVALIDATE, one batch), ASID 0; nothing if it is not
+    registered."""
+    if not s.listener_registered:
+        return
+    s.listener_registered = False
+    dels, s.listener_sections = s.listener_sections, []
+    s.transaction(dels=dels, label=label)
+
+
+def _virtio_reset(s: Session, why: str) -> None:
+    """``virtio_reset`` (hw/virtio/virtio.c) of the virtio-net device -- a system
+    reset, a hot-plugged device's reset at realize, or the guest driver resetting the
+    device -- calls ``vhost_reset_device`` -> ``vhost_vdpa_reset_device``:
+    SET_STATUS(0), then the listener unregistered (INVALIDATE batch) if it was
+    registered."""
+    s.set_status(0, f"{why}: virtio_reset -> vhost_vdpa_reset_device")
+    _listener_unregister(s, f"{why}: vhost_vdpa_reset_device: listener unregistered")
+
+
+def _boot(s: Session, *, cvq: bool = False, memory: bool = True,
+          hotplug: bool = False) -> None:
+    """QEMU 10.2 bringing a vhost-vdpa netdev up, then the guest driver starting it.
+
+    ``net_init_vhost_vdpa``: open, GET_IOVA_RANGE.  ``vhost_vdpa_init`` (data queue
+    pair 0, the first device): ``vhost_vdpa_set_backend_cap`` (GET/SET_BACKEND_FEATURES:
+    MSG_V2|BATCH|ASID|SUSPEND as offered -- never IOTLB_PERSIST; ``persist`` sessions
+    are a hypothetical PERSIST-aware VMM), ``vhost_vdpa_add_status(ACK|DRIVER)``.
+    ``vhost_vdpa_set_owner``: SET_OWNER, then the memory listener is registered on
+    ``address_space_memory`` -- a hot-plugged netdev (``hotplug``) maps RAM right
+    there.  With a CVQ: ``vhost_vdpa_probe_cvq_isolation`` (ends in SET_STATUS(0)),
+    then the CVQ device's ``vhost_vdpa_init`` (GET_BACKEND_FEATURES only).  A
+    cold-plugged netdev gets RAM mapped during board init, before any SET_FEATURES,
+    one transaction per region; then the machine's reset (``virtio_reset`` ->
+    ``vhost_vdpa_reset_device``) sets status 0 and unregisters the listener
+    (INVALIDATE batch) -- a hot-plugged device gets the same reset at realize.  The
+    guest driver resets the device once more (SET_STATUS(0)).  Then :func:`_start`
+    (the guest driver's DRIVER_OK) registers the listener again.  This is what the
+    real QEMU 11.1 run shows (tests/data/qemu).  ``memory=False``: a guest with a
+    vIOMMU (see ``viommu``)."""
     s.open()
-    s.set_owner()
+    st = s.send({"op": "get_iova_range"}, "net_init_vhost_vdpa: GET_IOVA_RANGE")
+    if st.ok and st.result is not None:
+        s.iova_range = (int(st.result[0]), int(st.result[1]))
     s.negotiate()
-    s.set_status(STATUS_ACK | STATUS_DRIVER)
-    s.add_status(STATUS_FEATURES_OK)
-    if cvq:
+    s.add_status(STATUS_ACK | STATUS_DRIVER, "vhost_vdpa_init: add_status(ACK|DRIVER)")
+    s.set_owner()
+    if hotplug:
+        _listener_register(s, "vhost_vdpa_set_owner: listener registered (RAM exists)")
+    else:
+        s.listener_registered = True
+    if _has_cvq(s):
+        _probe_cvq_isolation(s)
+        if hotplug:
+            s.checkpoint("after the probe's SET_STATUS(0)",
+                         note="RAM was mapped at SET_OWNER; the device was reset after it")
+        s.send({"op": "get_backend_features"},
+               "vhost_vdpa_init (CVQ device): vhost_vdpa_set_backend_cap, GET only")
+    if not hotplug:
+        for sec in s.guest.board_sections:
+            s.listener_sections.append(sec)
+            s.transaction(adds=[sec], label="board init: memory_region_add_subregion")
+        _virtio_reset(s, "system reset at machine start")
+    else:
+        _virtio_reset(s, "device_add: the hot-plugged device is reset at realize")
+    _virtio_reset(s, "the guest driver resets the device at probe")
+    _start(s, cvq=cvq, viommu=not memory)
+
+
+def _start(s: Session, *, remap: bool = True, cvq: bool = False,
+           viommu: bool = False) -> None:
+    """``vhost_net_start`` (QEMU 10.2).  Data queue pair: ``vhost_dev_start`` ->
+    ``vhost_vdpa_set_features`` (SET_FEATURES, ``add_status(FEATURES_OK)``).  CVQ
+    (``cvq``: the guest negotiated the control vq and the probe found it isolated):
+    ``vhost_vdpa_net_cvq_start`` (GET_VRING_GROUP, SET_GROUP_ASID(group, 1), the
+    command-out buffer RO and the status buffer RW in ASID 1), then
+    ``vhost_vdpa_svqs_start`` maps its shadow rings (driver area RO, device area RW;
+    unbatched).  The last device's ``vhost_vdpa_dev_start``: the listener is
+    registered again only if it was unregistered (``remap=False``: a hypothetical VMM
+    that never unregistered it) or the DMA address space changed (``viommu``: the RAM
+    is INVALIDATEd, and the guest's IOMMU mappings are replayed as unbatched
+    UPDATEs); then ``add_status(DRIVER_OK)``."""
+    s.add_status(STATUS_FEATURES_OK, "vhost_vdpa_set_features: add_status(FEATURES_OK)")
+    if cvq and s.cvq_isolated:
         _cvq_start(s)
-    if memory:
-        s.transaction(adds=s.guest.sections, label="memory listener replay")
-    s.add_status(STATUS_DRIVER_OK)
+    if viommu:
+        _listener_unregister(s, "vhost_vdpa_dev_start: dma_as changed, listener unregistered")
+        s.listener_registered = True       # on the vIOMMU's address space: no RAM
+        for sec in s.guest.iommu_boot:
+            s.update(sec, 0, "vhost_vdpa_iommu_map_notify: replayed guest mapping")
+    elif remap and not s.listener_registered:
+        _listener_register(s, "vhost_vdpa_dev_start: listener registered again")
+    s.add_status(STATUS_DRIVER_OK, "vhost_vdpa_dev_start: add_status(DRIVER_OK)")
 
 
 def _stop(s: Session, *, unmap: bool = True) -> None:
-    """``vhost_dev_stop``: suspend (or SET_STATUS(0) without SUSPEND), reset, status
-    back to ACK|DRIVER, listener unregistered (INVALIDATE-all) unless ``unmap`` is
-    False."""
+    """``vhost_net_stop`` (QEMU 10.2).  The first device's ``vhost_vdpa_dev_start(false)``
+    -> ``vhost_vdpa_suspend``: SUSPEND if acked, else ``vhost_vdpa_reset_device``
+    (SET_STATUS(0), then the listener unregistered: INVALIDATE batch).  The CVQ's
+    shadow rings are unmapped (``vhost_vdpa_svqs_stop``).  The last device's
+    ``vhost_vdpa_reset_status``: ``vhost_vdpa_reset_device`` (SET_STATUS(0), and the
+    unregister batch if still registered), ``add_status(ACK|DRIVER)``; then
+    ``vhost_vdpa_net_cvq_stop`` unmaps the CVQ buffers.  ``unmap=False``: a
+    hypothetical VMM that keeps its mappings (never unregisters the listener)."""
+    first_reset = True
+
+    def reset_device(label: str) -> None:
+        nonlocal first_reset
+        s.set_status(0, label)
+        if first_reset:
+            s.checkpoint("after SET_STATUS(0)")
+            first_reset = False
+        if unmap:
+            _listener_unregister(s, "vhost_vdpa_reset_device: listener unregistered")
+
     if s.acked & F.SUSPEND:
-        s.send({"op": "suspend"}, "VHOST_VDPA_SUSPEND")
+        s.send({"op": "suspend"}, "vhost_vdpa_suspend: VHOST_VDPA_SUSPEND")
     else:
-        s.set_status(0, "suspend without SUSPEND: SET_STATUS(0)")
-    s.set_status(0, "reset_status: SET_STATUS(0)")
-    s.checkpoint("after SET_STATUS(0)")
-    s.set_status(STATUS_ACK | STATUS_DRIVER)
-    if unmap:
-        s.transaction(dels=s.guest.sections, label="listener unregister")
+        reset_device("vhost_vdpa_suspend without SUSPEND: vhost_vdpa_reset_device")
+    if s.cvq_active:
+        for sec in s.guest.cvq[2:]:
+            s.invalidate(sec, 1, f"vhost_vdpa_svqs_stop: unmap {sec.name} in ASID 1")
+    reset_device("vhost_vdpa_reset_status: vhost_vdpa_reset_device")
+    s.add_status(STATUS_ACK | STATUS_DRIVER, "vhost_vdpa_reset_status: add_status(ACK|DRIVER)")
+    if s.cvq_active:
+        for sec in s.guest.cvq[:2]:
+            s.invalidate(sec, 1, f"vhost_vdpa_net_cvq_stop: unmap {sec.name} in ASID 1")
+        s.cvq_active = False
 
 
-def _start(s: Session, *, remap: bool = True) -> None:
-    s.add_status(STATUS_FEATURES_OK)
-    if remap:
-        s.transaction(adds=s.guest.sections, label="listener register")
-    s.add_status(STATUS_DRIVER_OK)
-
-
-@scenario("boot", "QEMU boot")
+@scenario("boot", "QEMU 10.2 boot")
 def _sc_boot(s: Session) -> None:
-    """Open, SET_OWNER, negotiate backend features, ACK|DRIVER, FEATURES_OK, one
-    batch of UPDATEs (one per RAM/ROM section) in ASID 0, DRIVER_OK.  Check: the
-    device translates every guest page."""
+    """QEMU 10.2, cold-plugged netdev, a guest driver without the control vq (e.g.
+    iPXE): ``net_init_vhost_vdpa``, ``vhost_vdpa_init``, ``vhost_vdpa_set_owner``
+    (listener registered), the CVQ isolation probe (SET_STATUS(0)), RAM mapped at board
+    init (one batch, ASID 0), then FEATURES_OK and DRIVER_OK (no re-map: the listener
+    is still registered).  Check: the device translates every guest page."""
     _boot(s)
     s.checkpoint("DRIVER_OK", must=True)
 
 
-@scenario("stop_start", "QEMU stop/start")
+@scenario("stop_start", "QEMU 10.2 stop/cont")
 def _sc_stop_start(s: Session) -> None:
-    """Boot; stop as QEMU does (SUSPEND if acked, else SET_STATUS(0); SET_STATUS(0);
-    SET_STATUS(ACK|DRIVER); INVALIDATE-all batch); start (FEATURES_OK; UPDATE-all
-    batch; DRIVER_OK).  Checks: what the device translates right after SET_STATUS(0),
-    and everything at DRIVER_OK again.  The window ``stop/start`` is the cost."""
+    """Boot; QMP ``stop`` (``vhost_net_stop``: SUSPEND if acked, else SET_STATUS(0) and
+    the INVALIDATE batch; SET_STATUS(0) again by ``vhost_vdpa_reset_status``, the
+    INVALIDATE batch there when SUSPEND was used; ACK|DRIVER), then ``cont``
+    (``vhost_net_start``: FEATURES_OK, the listener registered again: UPDATE batch,
+    DRIVER_OK).  Checks: what the device translates right after SET_STATUS(0), and
+    everything at DRIVER_OK again.  The window ``stop/start`` is the cost."""
     _boot(s)
     s.checkpoint("running", must=True)
     s.begin("stop/start")
@@ -822,11 +1017,28 @@ def _sc_stop_start(s: Session) -> None:
     s.checkpoint("DRIVER_OK after restart", must=True)
 
 
-@scenario("persist_stop_start", "stop/start skipping unmap/re-map")
+@scenario("guest_reset", "QEMU 10.2 guest reset")
+def _sc_guest_reset(s: Session) -> None:
+    """Boot; QMP ``system_reset``: ``virtio_net_set_status`` -> ``vhost_net_stop`` (as
+    ``stop_start``), ``virtio_reset`` -> ``vhost_vdpa_reset_device`` (SET_STATUS(0);
+    the listener is already unregistered), the guest driver's own reset, then
+    ``vhost_net_start`` from status 0 (FEATURES_OK = 8, DRIVER_OK = 12).  The real
+    QEMU 11.1 run shows the same (iPXE resets twice where this guest resets once)."""
+    _boot(s)
+    s.checkpoint("running", must=True)
+    _stop(s)
+    _virtio_reset(s, "system_reset")
+    _virtio_reset(s, "the guest driver resets the device at probe")
+    _start(s)
+    s.checkpoint("DRIVER_OK after reset", must=True)
+
+
+@scenario("persist_stop_start", "hypothetical VMM: stop/start skipping unmap/re-map")
 def _sc_persist(s: Session) -> None:
-    """Boot; stop and start like ``stop_start`` but *without* the INVALIDATE-all /
-    UPDATE-all cycle, as IOTLB_PERSIST would let a VMM do (it skips even when PERSIST
-    is not acked).  The check at DRIVER_OK answers: is skipping safe here?"""
+    """HYPOTHETICAL -- not what QEMU 10.2 does: a VMM that skips the INVALIDATE-all /
+    UPDATE-all cycle of ``stop_start`` (as IOTLB_PERSIST would allow; it skips even
+    when PERSIST is not acked).  The check at DRIVER_OK answers: is skipping safe
+    here?"""
     _boot(s)
     s.checkpoint("running", must=True)
     s.begin("stop/start")
@@ -836,10 +1048,12 @@ def _sc_persist(s: Session) -> None:
     s.checkpoint("DRIVER_OK after restart", note="skip is safe iff this translates")
 
 
-@scenario("hotplug", "memory hot-plug")
+@scenario("hotplug", "QEMU 10.2 memory hot-plug")
 def _sc_hotplug(s: Session) -> None:
-    """Boot; a DIMM is hot-added: one listener transaction (BATCH_BEGIN, UPDATE of the
-    new section, BATCH_END).  Check: old and new memory translate."""
+    """Boot; a DIMM is hot-added: one memory transaction
+    (``vhost_vdpa_listener_region_add`` -> BATCH_BEGIN, UPDATE of the new section,
+    ``vhost_vdpa_listener_commit`` -> BATCH_END).  Check: old and new memory
+    translate."""
     _boot(s)
     s.begin("hot-plug")
     s.transaction(adds=[s.guest.dimm], label="hot-plug")
@@ -847,11 +1061,12 @@ def _sc_hotplug(s: Session) -> None:
     s.checkpoint("after hot-plug", must=True)
 
 
-@scenario("hotunplug", "memory hot-unplug")
+@scenario("hotunplug", "QEMU 10.2 memory hot-unplug")
 def _sc_hotunplug(s: Session) -> None:
-    """Boot; hot-add a DIMM; hot-remove it: one transaction with BATCH_BEGIN,
-    INVALIDATE of the DIMM, BATCH_END.  Check: the rest still translates and the
-    DIMM is no longer reachable at its old address."""
+    """Boot; hot-add a DIMM; hot-remove it: one transaction
+    (``vhost_vdpa_listener_region_del``: BATCH_BEGIN, INVALIDATE of the DIMM,
+    BATCH_END).  Check: the rest still translates and the DIMM is no longer reachable
+    at its old address."""
     _boot(s)
     s.transaction(adds=[s.guest.dimm], label="hot-plug")
     s.checkpoint("after hot-plug", must=True)
@@ -873,47 +1088,63 @@ def _needs_two_as(s: Session) -> Optional[str]:
 
 
 def _cvq_start(s: Session) -> None:
-    """``vhost_vdpa_net_cvq_start``: bind the CVQ group to ASID 1 and map the shadow
-    CVQ rings and buffers there (unbatched UPDATEs)."""
+    """``vhost_vdpa_net_cvq_start``: ``vhost_vdpa_get_vring_group`` of the CVQ,
+    ``vhost_vdpa_set_address_space_id(group, VHOST_VDPA_NET_CVQ_ASID=1)``,
+    ``vhost_vdpa_cvq_map_buf`` of the command-out buffer (RO) and the status buffer
+    (RW) in ASID 1; then ``vhost_vdpa_svq_map_rings`` of the CVQ's shadow vq: driver
+    area RO, device area RW (all unbatched)."""
     vq = s.backend.nvqs - 1
-    st = s.send({"op": "get_vring_group", "vq": vq}, "GET_VRING_GROUP of the CVQ")
-    group = int(st.result) if st.ok and st.result is not None else 1
-    s.send({"op": "set_group_asid", "group": group, "asid": 1},
-           "isolate the CVQ: SET_GROUP_ASID(cvq group, 1)")
+    group = _vring_group(s, vq, "vhost_vdpa_net_cvq_start: GET_VRING_GROUP of the CVQ")
+    s.send({"op": "set_group_asid", "group": 1 if group is None else group, "asid": 1},
+           "vhost_vdpa_set_address_space_id(cvq group, 1)")
     for sec in s.guest.cvq:
         s.update(sec, 1, f"shadow CVQ: UPDATE {sec.name} in ASID 1")
+    s.cvq_active = True
 
 
-def _cvq_stop(s: Session) -> None:
-    for sec in s.guest.cvq:
-        s.invalidate(sec, 1, f"shadow CVQ: INVALIDATE {sec.name} in ASID 1")
-
-
-@scenario("shadow_cvq", "shadow CVQ in ASID 1", requires=_needs_two_as)
+@scenario("shadow_cvq", "QEMU 10.2 shadow CVQ in ASID 1", requires=_needs_two_as)
 def _sc_shadow_cvq(s: Session) -> None:
-    """Boot with the control vq isolated: GET_VRING_GROUP(cvq), SET_GROUP_ASID(group,
-    1), UPDATEs of the SVQ rings and CVQ buffers in ASID 1, guest memory in ASID 0;
-    then a QEMU stop/start, which unmaps the CVQ buffers, and rebinds and remaps them
-    on start (the reset rebinds every group to ASID 0).  Needs nas >= 2."""
+    """A guest driver that negotiates the control vq (Linux) on a device whose CVQ the
+    probe found isolated: at start ``vhost_vdpa_net_cvq_start`` binds the CVQ group to
+    ASID 1 and maps the CVQ buffers and shadow rings there; guest memory stays in
+    ASID 0.  Then QMP stop/cont: the rings are unmapped, the reset (which rebinds
+    every group to ASID 0) and ACK|DRIVER, the buffers unmapped; on start everything
+    is bound and mapped again.  Needs nas >= 2 and ngroups >= 2."""
     _boot(s, cvq=True)
     s.checkpoint("DRIVER_OK", must=True)
     s.begin("stop/start")
     _stop(s)
-    _cvq_stop(s)
-    s.add_status(STATUS_FEATURES_OK)
-    _cvq_start(s)
-    s.transaction(adds=s.guest.sections, label="listener register")
-    s.add_status(STATUS_DRIVER_OK)
+    _start(s, cvq=True)
     s.end("stop/start")
     s.checkpoint("DRIVER_OK after restart", must=True)
 
 
-@scenario("reset_reupdate", "reset, re-UPDATE without INVALIDATE")
+def _needs_cvq(s: Session) -> Optional[str]:
+    return None if _has_cvq(s) else "no control vq: no isolation probe"
+
+
+@scenario("netdev_hotplug", "QEMU 10.2 netdev hot-plug", requires=_needs_cvq)
+def _sc_netdev_hotplug(s: Session) -> None:
+    """``netdev_add type=vhost-vdpa`` + ``device_add`` on a running guest: RAM
+    already exists, so ``vhost_vdpa_set_owner``'s listener registration maps it (one
+    batch); then the CVQ isolation probe's SET_STATUS(0) resets the device *after*
+    RAM is mapped (check point: what the device holds now -- identity on vdpa_sim
+    without PERSIST, the DMA MR on mlx5, the domain kept on a platform IOMMU).  Then
+    ``device_add`` resets the new device (``virtio_reset``: SET_STATUS(0) and the
+    listener unregistered: INVALIDATE batch), and the guest driver's DRIVER_OK
+    registers it again: every parent translates at DRIVER_OK.  The real QEMU 11.1 run
+    (tests/data/qemu, hotplug) shows the steps up to the device's reset."""
+    _boot(s, hotplug=True)
+    s.checkpoint("DRIVER_OK", must=True)
+
+
+@scenario("reset_reupdate", "hypothetical VMM: reset, re-UPDATE without INVALIDATE")
 def _sc_reupdate(s: Session) -> None:
-    """Boot; SET_STATUS(0) and back to ACK|DRIVER|FEATURES_OK; then the memory
-    listener is replayed *without* INVALIDATE-ing first.  vhost still holds every
-    entry (a device reset never touches it), so every UPDATE fails with EEXIST
-    (EFAULT from write()).  Check: what the device translates at DRIVER_OK anyway."""
+    """HYPOTHETICAL -- not what QEMU 10.2 does: boot; SET_STATUS(0) and back to
+    ACK|DRIVER|FEATURES_OK; then the memory listener replayed *without* INVALIDATE-ing
+    first.  vhost still holds every entry (a device reset never touches it), so every
+    UPDATE fails with EEXIST (EFAULT from write()).  Check: what the device translates
+    at DRIVER_OK anyway."""
     _boot(s)
     s.set_status(0, "SET_STATUS(0)")
     s.checkpoint("after SET_STATUS(0)")
@@ -929,13 +1160,15 @@ def _sc_reupdate(s: Session) -> None:
     s.checkpoint("DRIVER_OK")
 
 
-@scenario("release_reopen", "release and reopen")
+@scenario("release_reopen", "netdev_del and netdev_add again")
 def _sc_release(s: Session) -> None:
-    """Boot; close the fd (release: reset, every address space removed, pins
-    dropped); check what the device is left with; open again and boot again."""
+    """Boot; the fd is closed (``netdev_del``, or QEMU exiting: release resets the
+    device, every address space removed, pins dropped); check what the device is
+    left with; open again and boot again (the QEMU 10.2 cold sequence)."""
     _boot(s)
     s.begin("release")
     s.release()
+    s.listener_registered = False
     s.end("release")
     s.checkpoint("after release", must=True)
     s.begin("reopen")
@@ -944,11 +1177,16 @@ def _sc_release(s: Session) -> None:
     s.checkpoint("DRIVER_OK after reopen", must=True)
 
 
-@scenario("viommu", "vIOMMU churn")
+@scenario("viommu", "QEMU 10.2 with a vIOMMU")
 def _sc_viommu(s: Session, rounds: int = 32, per_round: int = 8, seed: int = 0x5EED) -> None:
-    """A guest with a vIOMMU: the listener sees no RAM sections; every guest IOMMU
-    map / unmap is one unbatched UPDATE / INVALIDATE in ASID 0 (IOMMU notifier).
-    Seeded churn of 4K..256K buffers at guest IOVAs; finally everything unmapped.
+    """A guest with a vIOMMU: RAM is mapped at board init as usual (the listener is on
+    ``address_space_memory`` from SET_OWNER) and unmapped by the machine reset; at
+    DRIVER_OK ``vhost_vdpa_dev_start`` registers the listener on the device's DMA
+    address space (were it still registered on system memory, the RAM would be
+    INVALIDATEd first), so the vIOMMU's existing guest mappings are replayed
+    (``vhost_vdpa_iommu_map_notify``: unbatched UPDATEs).  Then
+    seeded churn: each guest IOMMU map / unmap is one unbatched UPDATE / INVALIDATE in
+    ASID 0, naturally aligned, of size ``addr_mask + 1``; finally everything unmapped.
     Checks: mid-way and at the end, the device translates exactly what is mapped and
     nothing that was unmapped."""
     _boot(s, memory=False)
@@ -956,24 +1194,25 @@ def _sc_viommu(s: Session, rounds: int = 32, per_round: int = 8, seed: int = 0x5
     page = s.page_size
     ram = max(s.guest.sections, key=lambda sec: sec.size)
     next_iova = 0x1000_0000
-    live: List[Section] = []
+    live: List[Section] = list(s.guest.iommu_boot)
     for rnd in range(rounds):
         for _ in range(per_round):
             pages = rng.choice((1, 1, 2, 4, 16, 64))
             size = pages * page
+            next_iova = _round_up(next_iova, size)
             off = rng.randrange(0, max(1, (ram.size - size) // page)) * page
             sec = Section(f"iommu-map-{rnd}", next_iova, size, ram.uaddr + off,
                           rng.choice((int(Perm.RO), int(Perm.RW))))
             next_iova += size + rng.choice((0, page, 16 * page))
-            s.update(sec, 0, "vIOMMU map")
+            s.update(sec, 0, "vhost_vdpa_iommu_map_notify: map")
             live.append(sec)
         for sec in rng.sample(live, len(live) // 2):
-            s.invalidate(sec, 0, "vIOMMU unmap")
+            s.invalidate(sec, 0, "vhost_vdpa_iommu_map_notify: unmap")
             live.remove(sec)
         if rnd == rounds // 2:
             s.checkpoint("mid-churn", must=True)
     for sec in live:
-        s.invalidate(sec, 0, "vIOMMU unmap")
+        s.invalidate(sec, 0, "vhost_vdpa_iommu_map_notify: unmap")
     s.checkpoint("all unmapped", must=True)
 
 

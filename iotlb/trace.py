@@ -35,7 +35,8 @@ The four message operations may also carry ``"version": 1`` (a v1 ``struct
 vhost_msg``, which has no asid); every message is encoded with :mod:`iotlb.wire` and
 sent through ``write()``, so a replay sees what userspace sees (a handler error is
 EFAULT, its ``__cause__`` the handler's errno).  Any operation may carry a free-text
-``"comment"``.
+``"comment"``, and ``"inferred": true`` when it was not seen in the log it was
+imported from but filled in from the VMM's known sequence (:mod:`iotlb.importer`).
 
 User memory: ``mmap`` declares real memory of the owner at ``uaddr`` -- ``kind``
 ``"memfd"`` (shared memfd memory, as QEMU's memory-backend-memfd; the default) or
@@ -327,7 +328,7 @@ def _field(name: str, kind: str, value: Any):
     raise AssertionError(kind)  # pragma: no cover
 
 
-_ANY_OP = frozenset(("op", "comment", "expect"))
+_ANY_OP = frozenset(("op", "comment", "expect", "inferred"))
 
 
 def parse_op(obj: Any) -> dict:
@@ -342,7 +343,7 @@ def parse_op(obj: Any) -> dict:
     >>> parse_op({"op": "invalidate", "iova": 0, "size": 1, "asdi": 1})
     Traceback (most recent call last):
     ...
-    ValueError: op 'invalidate' has no field 'asdi' (fields: iova, size, asid, version, comment, expect)
+    ValueError: op 'invalidate' has no field 'asdi' (fields: iova, size, asid, version, comment, expect, inferred)
     """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
@@ -356,7 +357,8 @@ def parse_op(obj: Any) -> dict:
     out: dict = {"op": name}
     for key in obj:
         if key not in _ANY_OP and key not in required and key not in optional:
-            fields = ", ".join(list(required) + list(optional) + ["comment", "expect"])
+            fields = ", ".join(list(required) + list(optional) + ["comment", "expect",
+                                                                 "inferred"])
             raise ValueError(f"op {name!r} has no field {key!r} (fields: {fields})")
     for key, kind in required.items():
         if key not in obj:
@@ -376,6 +378,11 @@ def parse_op(obj: Any) -> dict:
         if not isinstance(obj["comment"], str):
             raise ValueError("field 'comment' must be a string")
         out["comment"] = obj["comment"]
+    if "inferred" in obj:
+        if not isinstance(obj["inferred"], bool):
+            raise ValueError("field 'inferred' must be true or false")
+        if obj["inferred"]:
+            out["inferred"] = True
     if "expect" in obj:
         from .expect import parse_expect
 

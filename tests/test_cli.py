@@ -112,7 +112,7 @@ def test_matrix_text_table(via=VIAS[-1]):
     sim_acked = [r for r in rows if "vdpa_sim (dma_map)" in r and "  acked" in r][0]
     assert "  maps  " in sim_acked and " safe " in sim_acked
     plat = [r for r in rows if "platform_iommu" in r]
-    assert all("  maps  " in r and "8 ok, 1 n/a" in r for r in plat)
+    assert all("  maps  " in r and "10 ok, 1 n/a" in r for r in plat)
     # aligned columns: every row and the header start the PERSIST column at the same place
     header = [ln for ln in out.splitlines() if ln.startswith("kernel  backend")][0]
     col = header.index("PERSIST")
@@ -354,7 +354,7 @@ def test_scenarios_and_backends_listings(via):
                  "shadow_cvq", "reset_reupdate", "release_reopen", "viommu"):
         assert f"{name}  --  " in out
     names = [s["name"] for s in json.loads(cli("scenarios", "--json", via=via, check=0).stdout)]
-    assert names[0] == "boot" and len(names) == 9
+    assert names[0] == "boot" and len(names) == 11
     doc = json.loads(cli("backends", "--json", via=via, check=0).stdout)
     assert {"platform_iommu", "vdpa_sim", "mlx5"} <= set(doc["available"])
     assert doc["variants"]["vdpa_sim"] == ["vdpa_sim (set_map)", "vdpa_sim (dma_map)"]

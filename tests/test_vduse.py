@@ -217,6 +217,7 @@ def test_release_leaves_the_last_map_in_the_domain(kernel):
 def test_612_has_no_vq_group_ops():
     """6.12's vduse_vdpa_config_ops: no get_vq_group, no set_group_asid."""
     b = Vduse(kernel="6.12")
+    assert type(b) is Vduse612
     dev = _open(b, "6.12")
     for call in (lambda: dev.get_vring_group(0), lambda: dev.set_group_asid(0, 0)):
         with pytest.raises(iotlb.IOTLBError) as exc:

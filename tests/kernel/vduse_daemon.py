@@ -19,6 +19,16 @@ Run as root inside a guest (tests/kernel/vduse_run.py does that).  Steps:
    ``IOTLB_VDUSE_DEVICE`` in its environment);
 6. ``vdpa dev del``, ``VDUSE_DESTROY_DEV``; exit status = CMD's, or 3 when the device
    could not be set up.  A summary of the messages answered goes to stderr.
+
+``--domain-check`` replaces CMD: the remaining arguments are traces (or directories),
+run in this process (it holds /dev/vduse/NAME, the only way to read the device's
+domain) with iotlb.conform's own runner, the model being ``vduse`` with
+``--backend-options``.  Before every op and once the trace closed the device, the
+domain of every AS is read back from the kernel (``VDUSE_IOTLB_GET_FD``/``GET_FD2``:
+start, last, perm and file offset of each entry) and compared with the model's
+``device_iotlb`` -- what vhost-vdpa's answers cannot show: that SET_STATUS(0) keeps
+the user map, that release leaves the last map, what a failed set_map leaves.  Prints
+a JSON summary; exit 1 on any difference.  Needs the venv's python (iotlb importable).
 """
 from __future__ import annotations
 
@@ -56,6 +66,12 @@ VDUSE_VQ_SETUP = _ioc(_IOC_WRITE, 0x14, VQ_CONFIG.size)
 # struct vduse_dev_request / vduse_dev_response: 152 bytes each
 REQUEST = struct.Struct("<II16s128s")      # type, request_id, reserved, union
 RESPONSE = struct.Struct("<II16s128s")     # request_id, result, reserved, union
+# struct vduse_iotlb_entry (32 bytes) and vduse_iotlb_entry_v2 (80 bytes, API v1)
+IOTLB_ENTRY = struct.Struct("<QQQB7x")
+IOTLB_ENTRY_V2 = struct.Struct("<QQQB7xI44x")
+VDUSE_IOTLB_GET_FD = _ioc(_IOC_READ | _IOC_WRITE, 0x10, IOTLB_ENTRY.size)
+VDUSE_IOTLB_GET_FD2 = _ioc(_IOC_READ | _IOC_WRITE, 0x1b, IOTLB_ENTRY_V2.size)
+U64_MAX = (1 << 64) - 1
 REQ_TYPES = {0: "GET_VQ_STATE", 1: "SET_STATUS", 2: "UPDATE_IOTLB", 3: "SET_VQ_GROUP_ASID"}
 RESULT_OK = 0
 
@@ -129,6 +145,134 @@ class Daemon(threading.Thread):
             os.write(self.fd, RESPONSE.pack(rid, RESULT_OK, bytes(16), reply))
 
 
+def domain_entries(dev: int, asid: int, v1: bool) -> list:
+    """The domain of ``asid`` as ``[(start, last, perm, file offset)]``: one
+    ``VDUSE_IOTLB_GET_FD``/``GET_FD2`` per entry (the first overlapping [start, ~0];
+    EINVAL when there is none), closing every fd it hands out."""
+    out = []
+    start = 0
+    while True:
+        if v1:
+            buf = bytearray(IOTLB_ENTRY_V2.pack(0, start, U64_MAX, 0, asid))
+            req = VDUSE_IOTLB_GET_FD2
+        else:
+            if asid:
+                raise ValueError("VDUSE API v0 has only AS 0")
+            buf = bytearray(IOTLB_ENTRY.pack(0, start, U64_MAX, 0))
+            req = VDUSE_IOTLB_GET_FD
+        try:
+            fd = fcntl.ioctl(dev, req, buf, True)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return out
+            raise
+        os.close(fd)
+        offset, first, last, perm = struct.unpack_from("<QQQB", buf)
+        out.append((first, last, perm, offset))
+        if last == U64_MAX:
+            return out
+        start = last + 1
+
+
+def domain_check(dev: int, device: str, paths: list, options: dict, v1: bool) -> int:
+    """The corpus through iotlb.conform's runner, with the domain of every AS
+    compared with the model's ``device_iotlb`` before every op and after the trace.
+    One model backend for the whole run, one device model per trace."""
+    import json
+
+    import iotlb.conform as cf
+    import iotlb.expect as ex
+    from iotlb.backend import load_backend
+    from iotlb.vdpa import VhostVdpa
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    cfg = cf.read_config(device)
+    _, dev_options = cf.model_options(cfg)
+    dev_options["kernel"] = cf._profile(None, cfg["release"])[0]
+    nas = options.get("nas", 1)
+    # one device for the whole run, as in the kernel: what a trace leaves in the
+    # domain (release keeps the last map) is what the next trace starts with
+    backend = load_backend("vduse", **options)
+    # the file offset of a domain entry is relative to the memory of the trace whose
+    # set_map put it there (a later trace may start with it): remember, per AS, the
+    # memory regions of the trace that called set_map last
+    current = {"regions": []}
+    set_by = {}
+    set_map = backend.set_map
+
+    def recording_set_map(asid, tlb):
+        set_by[asid] = current["regions"]
+        return set_map(asid, tlb)
+
+    backend.set_map = recording_set_map
+    log = ex.ParentLog(backend)
+    summary = {"traces": 0, "ops": 0, "domain_checks": 0, "domain_differences": 0,
+               "conform_differing": 0, "errors": 0, "first": []}
+
+    for path in cf.iter_traces(paths):
+        ops = cf.load_ops(path)
+        regions = [(op["uaddr"], op["size"]) for op in ops if op["op"] == "mmap"]
+        if not regions:
+            regions = [(m["uaddr"], m["size"]) for m in cf.auto_memory(ops, page)]
+        current["regions"] = regions
+        state = {"model": None, "index": 0}
+
+        def offset_of(asid, addr):
+            """vhost_vdpa_va_map's ``map_file->offset`` of an entry at user address
+            ``addr``: ``vm_pgoff * PAGE_SIZE + addr - vm_start`` of ``find_vma(addr)``
+            (the region holding addr, else the next one: a hole before a VMA is
+            absorbed into it and the offset wraps below 0), i.e. ``addr - base`` of
+            that memfd region, modulo 2**64."""
+            spans = sorted(set_by.get(asid, ()))
+            for base, size in spans:
+                if base + size > addr:
+                    return (addr - base) & U64_MAX
+            return None
+
+        def compare(where):
+            model = state["model"]
+            if model is None:
+                return
+            for asid in range(nas):
+                kernel = domain_entries(dev, asid, v1)
+                mine = [(m.start, m.last, m.perm, offset_of(asid, m.addr))
+                        for m in model.backend.device_iotlb(asid)]
+                summary["domain_checks"] += 1
+                if kernel != mine:
+                    summary["domain_differences"] += 1
+                    if len(summary["first"]) < 10:
+                        summary["first"].append({"trace": path, "where": where, "asid": asid,
+                                                 "kernel": [list(map(hex, e[:2])) + list(e[2:])
+                                                            for e in kernel[:6]],
+                                                 "model": [list(map(hex, e[:2])) + list(e[2:])
+                                                           for e in mine[:6]]})
+
+        class Real(cf.RealDevice):
+            def run(self, op):
+                compare(f"before op {state['index']} ({op['op']})")
+                state["index"] += 1
+                return super().run(op)
+
+            def close(self):
+                super().close()
+                compare("after the trace")
+
+        def make_model():
+            model = VhostVdpa(backend, page_size=page, **dev_options)
+            state["model"] = model
+            return model, log
+
+        res = cf.run_trace(os.path.relpath(path), ops, device_path=device,
+                           make_model=make_model, page_size=page, real=Real(device))
+        summary["traces"] += 1
+        summary["ops"] += res.ops
+        summary["conform_differing"] += len(res.differences)
+        summary["errors"] += res.error is not None
+    print(json.dumps(summary, indent=1))
+    return 0 if not (summary["domain_differences"] or summary["conform_differing"]
+                     or summary["errors"]) else 1
+
+
 def vhost_device(name: str, timeout: float = 10.0) -> str:
     d = f"/sys/bus/vdpa/devices/{name}"
     end = time.monotonic() + timeout
@@ -151,6 +295,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ngroups", type=int, default=1)
     ap.add_argument("--vq-groups", default="0,0", help="group of each vq (API v1)")
     ap.add_argument("--vq-size", type=int, default=256)
+    ap.add_argument("--domain-check", action="store_true",
+                    help="CMD is a list of traces: compare the device's domain with the model")
+    ap.add_argument("--backend-options", default="",
+                    help="with --domain-check: the vduse model's options, K=V,... ")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
@@ -198,8 +346,13 @@ def main(argv=None) -> int:
         added = True
         path = vhost_device(args.name)
         say(f"{args.name} is {path}")
-        env = dict(os.environ, IOTLB_VDUSE_DEVICE=path)
-        rc = subprocess.run([a.replace("{device}", path) for a in cmd], env=env).returncode
+        if args.domain_check:
+            from iotlb.cli import _parse_options, _split_commas
+            options = _parse_options(_split_commas(args.backend_options), "--backend-options")
+            rc = domain_check(dev, path, cmd, options, v1)
+        else:
+            env = dict(os.environ, IOTLB_VDUSE_DEVICE=path)
+            rc = subprocess.run([a.replace("{device}", path) for a in cmd], env=env).returncode
     finally:
         if added:
             subprocess.run(["vdpa", "dev", "del", args.name])

@@ -17,7 +17,9 @@ tests/kernel/vduse_daemon.py, which loads the module, creates the device, answer
 messages and runs ``iotlb conform --json --device {device} --backend vduse:...``.
 
 Prints one PASS/FAIL line (traces, ops, agreed, differing), the differing ops, and
-exits 1 on any difference.  Uses lab.py's functions by import; lab.py is unchanged.
+exits 1 on any difference.  ``--domain-check`` runs the corpus in the daemon itself
+and compares, before every op and after every trace, the device's domain read back
+with ``VDUSE_IOTLB_GET_FD`` with the model's ``device_iotlb``.  Uses lab.py's functions by import; lab.py is unchanged.
 """
 from __future__ import annotations
 
@@ -106,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--max-diffs", type=int, default=8)
     ap.add_argument("--json", metavar="FILE", help="keep the conform JSON here")
+    ap.add_argument("--domain-check", action="store_true",
+                    help="also read the device's domain back (VDUSE_IOTLB_GET_FD) before "
+                         "every op and compare it with the model's device_iotlb")
     args = ap.parse_args(argv)
     api = args.api_version if args.api_version is not None else (0 if args.kernel == "6.12" else 1)
     try:
@@ -123,12 +128,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="vduse-run-") as out:
         out = Path(out)
         result = out / "conform.json"
-        daemon = [sys.executable, str(HERE / "vduse_daemon.py"), "--ko", str(ko),
+        python = str(Path(args.venv) / "bin" / "python") if args.domain_check else sys.executable
+        daemon = [python, str(HERE / "vduse_daemon.py"), "--ko", str(ko),
                   "--api-version", str(api), "--vq-groups", args.vq_groups]
         if api >= 1:
             daemon += ["--nas", str(args.nas), "--ngroups", str(args.ngroups)]
-        conform = [str(Path(args.venv) / "bin" / "iotlb"), "conform", "--json",
-                   "--device", "{device}", "--backend", "vduse:" + ",".join(opts), *corpus]
+        if args.domain_check:
+            daemon += ["--domain-check", "--backend-options", ",".join(opts)]
+            conform = corpus
+        else:
+            conform = [str(Path(args.venv) / "bin" / "iotlb"), "conform", "--json",
+                       "--device", "{device}", "--backend", "vduse:" + ",".join(opts), *corpus]
         job = " ".join(_q(a) for a in daemon + ["--"] + conform) + f" > {_q(str(result))}"
         cmd = [sys.executable, str(HERE / "lab.py"), "run", "--kernel", args.kernel,
                "--no-device", "--timeout", str(args.timeout), "--rw", str(out),
@@ -149,6 +159,16 @@ def main(argv=None) -> int:
     for line in proc.stdout.splitlines():
         if line.startswith("vduse_daemon:"):
             print(line)
+    if args.domain_check:
+        ok = not (data["domain_differences"] or data["conform_differing"] or data["errors"])
+        print(f"{'PASS' if ok else 'FAIL'} {args.kernel} vduse domain ({', '.join(opts)}): "
+              f"{data['traces']} traces, {data['ops']} ops, {data['domain_checks']} domain "
+              f"reads, {data['domain_differences']} differing, {data['conform_differing']} "
+              f"op answers differing, {data['errors']} could not run ({seconds:.0f} s)")
+        for d in data["first"][:args.max_diffs]:
+            print(f"  {d['trace']} {d['where']} asid {d['asid']}:\n    - kernel {d['kernel']}"
+                  f"\n    + model  {d['model']}")
+        return 0 if ok else 1
     _report(args.kernel, opts, data, args.max_diffs)
     return 0 if data.get("ok") and data.get("failed") == 0 else 1
 

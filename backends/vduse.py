@@ -26,6 +26,13 @@ created by ``vdpa_dev_add``):
 * No ``get_iova_range``: vhost-vdpa uses ``[0, ULLONG_MAX]``.  No ``suspend``,
   ``resume``, ``get_vq_desc_group``.
 
+Where the rules come from: the set_map/VA-mode parent, its domain and its reset are
+VDUSE as introduced in v5.15 ("vduse: Introduce VDUSE - vDPA Device in Userspace",
+"vdpa: Support transferring virtual addressing during DMA mapping"), unchanged in
+what vhost-vdpa can see through 6.12.118 and 7.2.13; the per-AS domains and vq groups
+are 7.2's (below).  Commit subjects recalled from upstream history: Debian's
+changelogs list none of them.
+
 Kernel versions (option ``kernel``):
 
 * ``"6.12"``: one domain (``dev->domain``), ``nas = ngroups = 1``, no

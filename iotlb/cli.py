@@ -28,7 +28,7 @@ import errno as _errno
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["main", "CLIError"]
 
@@ -321,6 +321,17 @@ def _matrix_kernels(kernel_arg: Optional[str], policy_arg: Optional[str]) -> Lis
                        f"{', '.join(names)}: {'; '.join(skipped)}")
     for s in skipped:
         _warn(f"--policy: skipped {s}")
+    return out
+
+
+def _kernel_findings(rows) -> Dict[str, Tuple[str, str]]:
+    """Backend label -> (check point, reason) of the kernel findings its scenario
+    results declare (``Backend.kernel_findings``)."""
+    out: Dict[str, Tuple[str, str]] = {}
+    for r in rows:
+        for res in r.cell.results.values():
+            for point, why in (getattr(res, "kernel_findings", None) or {}).items():
+                out.setdefault(r.cell.backend, (point, why))
     return out
 
 
@@ -885,6 +896,14 @@ def cmd_matrix(args) -> int:
             _out("n/a (scenarios that do not apply):")
             for ln in na:
                 _out(ln)
+            _out()
+        findings = _kernel_findings(rows)
+        if findings:
+            _out("kernel findings (checks a parent fails because its kernel does; not "
+                 "counted as failures):")
+            for label, (point, why) in findings.items():
+                for ln in _wrap(f"{label}: {point}: {why}"):
+                    _out(ln)
             _out()
         labels = _kernel_labels(kernels, wide)
         for k in kernels:

@@ -1241,6 +1241,8 @@ class ScenarioResult:
     final: Optional[dict] = None
     #: what the plugin raised besides IOTLBError (iotlb.errors.PluginError texts)
     plugin_errors: List[str] = field(default_factory=list)
+    #: the backend's declared kernel findings (Backend.kernel_findings)
+    kernel_findings: Dict[str, str] = field(default_factory=dict)
 
     def checkpoint(self, label: str) -> Optional[Checkpoint]:
         """The last check point with this label, or None."""
@@ -1328,6 +1330,7 @@ def run_scenario(name: str, backend="vdpa_sim", *, persist: bool = False,
     # a plugin's own exceptions (iotlb.errors.PluginError): the model went on as the
     # kernel does on that op's error return, but the scenario judges a broken plugin
     res.plugin_errors = s.dev.plugin_errors
+    res.kernel_findings = dict(getattr(be, "kernel_findings", None) or {})
     if res.plugin_errors and res.status == "ok":
         res.status = "error"
         res.reason = res.plugin_errors[0]

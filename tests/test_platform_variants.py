@@ -12,35 +12,16 @@ from iotlb.testing import BackendConformance
 from iotlb.vdpa import VhostVdpa
 from iotlb_backends.vp_vdpa import VTD_APERTURE_48, Snet, VpVdpa
 
-_NO_GET_VQ_GROUP = pytest.mark.xfail(
-    strict=True, reason="iotlb.backend makes get_vq_group a required op; vp_vdpa_ops and "
-    "snet_config_ops have none (GET_VRING_GROUP is EOPNOTSUPP) -- see docs/parents.md")
 
 
-def expected_failure(mark, check):
-    """``check`` (a kit method) under ``mark``, on a copy (marking the kit's own
-    function would mark it for every subclass)."""
-    def test(self):
-        return check(self)
-    test.__name__, test.__doc__ = check.__name__, check.__doc__
-    return mark(test)
+class TestVpVdpaKit(BackendConformance):
+    """No get_vq_group (a NULL op the kernel allows: iotlb.backend.NULLABLE_OPS)."""
 
-
-class _NoGetVqGroup(BackendConformance):
-    test_is_a_valid_backend = expected_failure(
-        _NO_GET_VQ_GROUP, BackendConformance.test_is_a_valid_backend)
-    test_required_ops_and_attributes = expected_failure(
-        _NO_GET_VQ_GROUP, BackendConformance.test_required_ops_and_attributes)
-    test_groups_and_asids_in_range = expected_failure(
-        _NO_GET_VQ_GROUP, BackendConformance.test_groups_and_asids_in_range)
-
-
-class TestVpVdpaKit(_NoGetVqGroup):
     def make_backend(self):
         return VpVdpa()
 
 
-class TestSnetKit(_NoGetVqGroup):
+class TestSnetKit(BackendConformance):
     def make_backend(self):
         return Snet()
 

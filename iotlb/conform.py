@@ -321,6 +321,8 @@ PARENT_SYMBOLS = {
                  "compat_reset": "vdpasim_compat_reset", "reset": "vdpasim_reset",
                  "set_group_asid": "vdpasim_set_group_asid", "suspend": "vdpasim_suspend",
                  "resume": "vdpasim_resume"},
+    "vduse": {"set_map": "vduse_vdpa_set_map", "reset": "vduse_vdpa_reset",
+              "set_group_asid": "vduse_set_group_asid"},
 }
 _ARG_TYPES = {"asid": "u32", "iova": "x64", "size": "x64", "pa": "x64", "perm": "u32",
               "flags": "u32", "group": "u32"}

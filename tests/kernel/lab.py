@@ -92,6 +92,7 @@ HOST_TOOLS = {
     "xz": "xz-utils",
     "/usr/sbin/vdpa": "iproute2",
     "/bin/busybox": "busybox-static",
+    "strace": "strace",              # tests/kernel/qemu_run.py
 }
 BUSYBOX = "/bin/busybox"
 

@@ -128,8 +128,8 @@ class VdpaSim(Backend):
                          use_va=bool(use_va), kernel=kernel)
         self._use_va_option = use_va
         if type(max_iotlb_entries) is not int or not 2 <= max_iotlb_entries < 2**31:
-            # below 2 the identity map vdpasim_create adds ([0, ~0], two entries) fails
-            # and the kernel ignores that; the model does not go there
+            # below 2 vdpasim_create refuses (the identity map [0, ~0] needs two
+            # entries): no device is created
             raise ValueError(f"max_iotlb_entries must be an int in 2..2**31-1 (smaller "
                              f"values are not modelled), got {max_iotlb_entries!r}")
         self.batch_mapping = isinstance(self, VdpaSimSetMap)

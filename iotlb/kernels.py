@@ -94,17 +94,17 @@ class KernelProfile:
 
     #: ``VHOST_VDPA_SET_GROUP_ASID``: vhost-vdpa checks ``group >= ngroups ||
     #: asid >= nas`` → -EINVAL before the parent, and the parents lost their own
-    #: checks ("vhost: move vdpa group bound check to vhost_vdpa"; stable 6.12.75,
-    #: 6.1.191).
+    #: checks (v7.0, "vhost: move vdpa group bound check to vhost_vdpa"; stable
+    #: 6.12.75, 6.1.191).
     group_asid_bound_check: bool = True
 
     #: ``VHOST_VDPA_SET_GROUP_ASID`` with DRIVER_OK set → -EBUSY, after the bound
-    #: check and before the op check (v7.2; the commit is not in Debian's
-    #: changelogs, so its subject is unverified).
+    #: check and before the op check (v7.0, "vhost: forbid change vq groups ASID if
+    #: DRIVER_OK is set"; not in 6.12.118 nor 6.1.192).
     set_group_asid_busy_after_driver_ok: bool = False
 
     #: ``VHOST_VDPA_SUSPEND``/``RESUME`` return 0 without calling the parent (or
-    #: checking that the op exists) while DRIVER_OK is clear (v6.8, "vdpa: skip
+    #: checking that the op exists) while DRIVER_OK is clear (v6.9, "vdpa: skip
     #: suspend/resume ops if not DRIVER_OK").  Without it (6.1) SUSPEND calls the
     #: parent whatever the status.
     suspend_resume_need_driver_ok: bool = True

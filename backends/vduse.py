@@ -288,6 +288,10 @@ class Vduse72(Vduse):
     """
 
     table_kernel = "7.2"
+    kernel_findings = {
+        **Vduse.kernel_findings,
+        "reset rebinds groups": "vduse_dev_reset (7.2) leaves dev->groups[].as alone: "
+        "a reset does not rebind the vq groups to AS 0"}
 
     def get_vq_group(self, vq: int) -> int:
         """``vduse_get_vq_group``: 0 under API v0, else the group the daemon gave the

@@ -324,14 +324,14 @@ def _matrix_kernels(kernel_arg: Optional[str], policy_arg: Optional[str]) -> Lis
     return out
 
 
-def _kernel_findings(rows) -> Dict[str, Tuple[str, str]]:
-    """Backend label -> (check point, reason) of the kernel findings its scenario
-    results declare (``Backend.kernel_findings``)."""
-    out: Dict[str, Tuple[str, str]] = {}
+def _kernel_findings(rows) -> Dict[Tuple[str, str], str]:
+    """(backend label, check) -> the kernel's reason, for the kernel findings the
+    scenario results declare (``Backend.kernel_findings``)."""
+    out: Dict[Tuple[str, str], str] = {}
     for r in rows:
         for res in r.cell.results.values():
             for point, why in (getattr(res, "kernel_findings", None) or {}).items():
-                out.setdefault(r.cell.backend, (point, why))
+                out.setdefault((r.cell.backend, point), why)
     return out
 
 
@@ -901,7 +901,7 @@ def cmd_matrix(args) -> int:
         if findings:
             _out("kernel findings (checks a parent fails because its kernel does; not "
                  "counted as failures):")
-            for label, (point, why) in findings.items():
+            for (label, point), why in findings.items():
                 for ln in _wrap(f"{label}: {point}: {why}"):
                     _out(ln)
             _out()

@@ -14,24 +14,8 @@ from iotlb_backends.vduse import Vduse, Vduse72, Vduse612
 
 # ----------------------------------------------------------------------------- the kit
 
-#: Kit checks that assert what is not kernel behaviour for VDUSE (see docs/parents.md):
-#: strict, so they fail loudly the day the kit is fixed and these marks must go.
-_NO_REBIND = pytest.mark.xfail(
-    strict=True, reason="vduse_dev_reset (7.2) leaves dev->groups[].as alone: a reset "
-    "does not rebind the groups to AS 0, which the kit assumes of every parent")
-
-_V0_EINVAL = pytest.mark.xfail(
-    strict=True, raises=iotlb.IOTLBError, reason="7.2's vduse_set_group_asid exists "
-    "and answers EINVAL under VDUSE API v0; the kit expects set_group_asid to succeed")
-
-
-def expected_failure(mark, check):
-    """``check`` (a kit method) under ``mark``, on a copy: marking the kit's own
-    function would mark it for every subclass."""
-    def test(self):
-        return check(self)
-    test.__name__, test.__doc__ = check.__name__, check.__doc__
-    return mark(test)
+#: The kit passes on every VDUSE variant: what VDUSE does differently from other
+#: parents is declared as kernel findings (Vduse.kernel_findings) with its source.
 
 
 class TestVduse72Kit(BackendConformance):
@@ -43,18 +27,10 @@ class TestVduse72ApiV0Kit(BackendConformance):
     def make_backend(self):
         return Vduse(api_version=0)
 
-    test_reset_rebinds_groups_to_as0 = expected_failure(
-        _V0_EINVAL, BackendConformance.test_reset_rebinds_groups_to_as0)
-    test_set_group_asid_records_binding = expected_failure(
-        _V0_EINVAL, BackendConformance.test_set_group_asid_records_binding)
-
 
 class TestVduse72MultiAsKit(BackendConformance):
     def make_backend(self):
         return Vduse(nas=3, ngroups=2, nvqs=3, vq_groups=(0, 0, 1))
-
-    test_reset_rebinds_groups_to_as0 = expected_failure(
-        _NO_REBIND, BackendConformance.test_reset_rebinds_groups_to_as0)
 
 
 class TestVduse612Kit(BackendConformance):
@@ -249,3 +225,26 @@ def test_72_api_v1_address_spaces_and_groups():
 def test_set_map_asid_out_of_range_is_a_model_error():
     with pytest.raises(ValueError, match="asid must be in 0..0"):
         Vduse().set_map(1, iotlb.IOTLB())
+
+
+def test_matrix_reports_the_kernel_findings_not_failures(capsys):
+    """VDUSE keeps its last map after release, as the real kernel does: the matrix
+    says so as a kernel finding and exits 0; without the declaration the same rows
+    fail the release check (exit 1)."""
+    from iotlb import cli
+    from iotlb.backend import register, unregister
+
+    assert cli.main(["matrix", "--guest-size", "16M", "--backend", "vduse"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel findings" in out and "vduse: after release: VDUSE has no reset_map" in out
+
+    class Undeclared(Vduse72):
+        kernel_findings = {}
+
+    register("t_undeclared_vduse", Undeclared)
+    try:
+        assert cli.main(["matrix", "--guest-size", "16M", "--backend",
+                         "t_undeclared_vduse"]) == 1
+    finally:
+        unregister("t_undeclared_vduse")
+    assert "release_reopen" in capsys.readouterr().out

@@ -52,6 +52,7 @@ from ._map import HALF, U64_MAX, IOTLBBase, Map, Perm
 from ._map import perm8 as _py_perm8
 from ._map import u64 as _py_u64
 from ._pyengine import _is_scalar, _restore, _u64_buffer
+from ._wrap import translate_wrapped
 from .errors import IOTLBError
 
 __all__ = ["IOTLB"]
@@ -1375,13 +1376,14 @@ cdef class IOTLB:
             _perm8(access, "access", &acc)
         if sz == 0:
             raise ValueError("translate: size must be > 0")
-        if sz - 1 > UMAX - i:
-            raise OverflowError(f"translate: iova {i:#x} + size {sz:#x} runs past "
-                                f"2**64-1")
+        if sz - 1 > UMAX - i:                 # the kernel's u64 wraps: the rule
+            return translate_wrapped(self, i, sz, acc)
         out = []
         rc = self._xlate(i, i + (sz - 1), acc, out, &host, &fl)
         if rc == 0:
             return out
+        if rc == 3:                           # a host address wraps: the rule
+            return translate_wrapped(self, i, sz, acc)
         raise _fail(rc, fl.addr, fl.start, fl.last, fl.perm, acc)
 
     # ----------------------------------------------------------------- batch forms
@@ -1491,15 +1493,18 @@ cdef class IOTLB:
             sz = size if scalar else vsz[i]
             if sz == 0:
                 raise ValueError(f"translate_many: item {i}: translate: size must be > 0")
-            if sz - 1 > UMAX - iova:
-                raise OverflowError(f"translate_many: item {i}: translate: iova "
-                                    f"{iova:#x} + size {sz:#x} runs past 2**64-1")
-            rc = self._xlate(iova, iova + (sz - 1), acc, None, &host, &fl)
+            rc = 3 if sz - 1 > UMAX - iova else \
+                self._xlate(iova, iova + (sz - 1), acc, None, &host, &fl)
             if rc == 0:
                 o[i] = host
-            elif rc == 3:
-                raise OverflowError(f"translate_many: item {i}: translate: host address "
-                                    f"of iova {fl.addr:#x} runs past 2**64-1")
+            elif rc == 3:                     # the kernel's u64 wraps: the rule
+                try:
+                    o[i] = translate_wrapped(self, iova, sz, acc)[0][0]
+                except IOTLBError as e:
+                    if not has_default:
+                        e.index = i
+                        raise
+                    o[i] = dflt
             elif has_default:
                 o[i] = dflt
             else:

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 from sortedcontainers import SortedList
 
 from ._map import HALF, U64_MAX, IOTLBBase, Map, Perm, perm8, u64
+from ._wrap import translate_wrapped
 from .errors import IOTLBError
 
 __all__ = ["IOTLB"]
@@ -338,9 +339,8 @@ class IOTLB:
         access = perm8(access, "access")
         if size == 0:
             raise ValueError("translate: size must be > 0")
-        if size - 1 > U64_MAX - iova:
-            raise OverflowError(f"translate: iova {iova:#x} + size {size:#x} runs past "
-                                f"2**64-1")
+        if size - 1 > U64_MAX - iova:              # the kernel's u64 wraps
+            return translate_wrapped(self, iova, size, access)
         last = iova + size - 1
         addr = iova
         out = []
@@ -357,9 +357,8 @@ class IOTLB:
                                  iova=addr)
             host = e_addr + (addr - e_start)
             end = min(last, e_last)
-            if host > U64_MAX - (end - addr):
-                raise OverflowError(f"translate: host address of iova {addr:#x} runs "
-                                    f"past 2**64-1")
+            if host > U64_MAX - (end - addr):      # the kernel's u64 wraps
+                return translate_wrapped(self, iova, size, access)
             out.append((host, end - addr + 1))
             if end == last:
                 return out

@@ -404,18 +404,36 @@ class TestTranslate:
         t.map(0, U64_MAX, 0)
         with pytest.raises(ValueError):
             t.translate(0, 0)
-        with pytest.raises(OverflowError):
+        # translate_desc's u64 last wraps to 0: itree_first(~0, 0) matches no half of
+        # the identity map (neither covers [0, ~0]), so EFAULT at iova
+        with pytest.raises(IOTLBError) as e:
             t.translate(U64_MAX, 2)
+        assert e.value.errno == errno.EFAULT and e.value.iova == U64_MAX
         assert t.translate(U64_MAX - 1, 2) == [(U64_MAX - 1, 2)]
         assert t.translate(H - 1, 2) == [(H - 1, 1), (H, 1)]
 
-    def test_host_address_overflow_fails(self, IOTLB):
-        """The engine never wraps: a host address past 2**64-1 is an error."""
+    def test_host_address_wraps_as_in_the_kernel(self, IOTLB):
+        """``map->addr + addr - map->start`` is u64 arithmetic (translate_desc): the
+        host address wraps modulo 2**64, and a segment is not split there."""
         t = IOTLB()
         t.map(0, 0xffff, U64_MAX - 0xff)
         assert t.translate(0, 0x100) == [(U64_MAX - 0xff, 0x100)]
-        with pytest.raises(OverflowError):
-            t.translate(0x100, 1)
+        assert t.translate(0x100, 1) == [(0, 1)]
+        assert t.translate(0x80, 0x100) == [(U64_MAX - 0x7f, 0x100)]
+
+    def test_a_range_past_2_64_wraps_as_in_the_kernel(self, IOTLB):
+        """``last = iova + size - 1`` wraps: the first lookup matches only an entry
+        covering [last, iova], then the walk continues from 0 (translate_desc)."""
+        t = IOTLB()
+        t.map(5, U64_MAX, 0x1000)
+        t.map(0, 0xf, 0x9000)
+        assert t.translate(U64_MAX - 15, 32) == [(0xfeb, 16), (0x9000, 16)]
+        u = IOTLB()
+        u.map(0x10, U64_MAX, 0x1000)          # starts after last (0xf): no match
+        u.map(0, 0xf, 0x9000)
+        with pytest.raises(IOTLBError) as e:
+            u.translate(U64_MAX - 15, 32)
+        assert e.value.errno == errno.EFAULT and e.value.iova == U64_MAX - 15
 
 
 # --------------------------------------------------------------------------- bad input

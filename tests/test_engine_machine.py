@@ -72,25 +72,25 @@ class Model:
         return len(doomed)
 
     def translate(self, iova, size, access):
+        # translate_desc's loop, with its u64 arithmetic (last and addr wrap)
         if size == 0:
             raise ValueError
-        if iova + size - 1 > U64_MAX:
-            raise OverflowError
-        last, addr, out = iova + size - 1, iova, []
-        while True:
-            h = self.hits(addr, last)
+        last, addr, covered, out = (iova + size - 1) & U64_MAX, iova, 0, []
+        while size > covered:
+            if addr <= last:
+                h = self.hits(addr, last)
+            else:       # itree_first(addr, last) with addr > last
+                h = [e for e in self.hits(0, last) if e[1] >= addr]
             if not h or h[0][0] > addr:
                 raise IOTLBError(errno.EFAULT, "hole", iova=addr)
             s, l, a, p, _ = h[0]
             if p & access != access:
                 raise IOTLBError(errno.EPERM, "perm", iova=addr)
-            end = min(l, last)
-            if a + (addr - s) + (end - addr) > U64_MAX:
-                raise OverflowError
-            out.append((a + addr - s, end - addr + 1))
-            if end == last:
-                return out
-            addr = end + 1
+            seg = l - addr + 1
+            out.append(((a + addr - s) & U64_MAX, min(size - covered, seg)))
+            covered += seg
+            addr = (addr + seg) & U64_MAX
+        return out
 
 
 # Values that sit on the edges the kernel cares about, plus small and random ones.

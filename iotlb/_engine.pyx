@@ -1392,7 +1392,7 @@ cdef class IOTLB:
             # every add succeeds and none splits: share (vhost_iotlb_add_range per
             # entry in ascending order gives the same entries, in the same order,
             # with insertion order = key order: ctx_floor says so)
-            old = self._ctx        # empty with count 0; released after the change
+            old = self._ctx        # empty (count 0), maybe grown: released after
             self._ctx = {}
             t_clear(t)             # spares and queue capacity stay
             t_share(t, &src.t)
@@ -1446,7 +1446,7 @@ cdef class IOTLB:
         _u64(last, "last", &l)
         if s == 0 and l == UMAX:
             n = self.t.count
-            self.reset()
+            self._reset()
             return n
         found = t_find(&self.t, s, l, 0, 0, &p)
         while found:
@@ -1477,10 +1477,15 @@ cdef class IOTLB:
         >>> len(t), t.limit, t.retire
         (0, 4, True)
         """
-        old = self._ctx        # released after the tree is empty
-        self._ctx = {}
+        self._reset()
+
+    cdef int _reset(self) except -1:
+        # reset()'s body (also unmap() of everything: set_map parents wipe per message)
+        old = self._ctx            # released after the tree is empty (a new dict also
+        self._ctx = {}             # gives back the table a piecewise unmap left grown)
         t_clear(&self.t)
         self._version += 1
+        return 0
 
     # ----------------------------------------------------------------- lookup
     def first(self, start, last):

@@ -1861,7 +1861,8 @@ cdef class IOTLB:
                            self._insertion_order()))
 
     def __sizeof__(self):
-        """The object plus every byte of C memory it holds (nodes, spares, queue).
+        """The object plus every byte of C memory it holds (nodes, spares, queue);
+        nodes shared with another tree (``copy``, ``add_all``) count in each.
 
         >>> t = IOTLB(); n = t.__sizeof__()
         >>> for i in range(1000): t.map(i * 16, i * 16 + 15, 0)

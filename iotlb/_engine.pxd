@@ -6,13 +6,15 @@ cdef enum:
     LCAP = 64     # entries per leaf
     ICAP = 64     # children per inner node
     MAXH = 40     # inner levels at most (IMIN ** 39 is far beyond any memory)
-    NSPARE_L = 2  # spare leaves kept for the next split
-    NSPARE_I = 42  # spare inner nodes kept: a split per level plus a new root
+    NSPARE_L = 4  # spare leaves: a split, and with shared nodes a copy of the path's
+                  # leaf and of a sibling (twice when a retirement precedes an insert)
+    NSPARE_I = 4 * MAXH + 2  # spare inner nodes: a split per level plus a new root,
+                  # and with shared nodes copies of the path and of siblings
     HASCTX = 0x100  # meta bit: the entry's ctx is in IOTLB._ctx under its seq
 
 ctypedef struct Leaf:
     int n
-    Leaf *next
+    int rc                   # references (parents or tree roots); > 1: shared, read-only
     uint64_t start[LCAP]
     uint64_t last[LCAP]
     uint64_t addr[LCAP]
@@ -20,6 +22,7 @@ ctypedef struct Leaf:
 
 ctypedef struct Inner:
     int n
+    int rc                   # as Leaf.rc (n and rc lead both structs: see Hdr)
     void *child[ICAP]
     uint64_t kstart[ICAP]    # min key of child j: (kstart[j], kseq[j])
     uint64_t kseq[ICAP]
@@ -38,7 +41,6 @@ ctypedef struct QKey:
 
 ctypedef struct Tree:
     void *root               # NULL when empty
-    Leaf *head               # leftmost leaf
     int height               # inner levels above the leaves (0: root is a leaf)
     uint64_t maxlast         # aggregates of the whole tree (valid when root != NULL)
     uint64_t span
@@ -46,6 +48,9 @@ ctypedef struct Tree:
     Py_ssize_t nleaf
     Py_ssize_t ninner
     uint64_t seq             # next insertion number
+    uint64_t ctx_floor       # HASCTX bits of entries with seq < ctx_floor are void
+                             # (shared from a tree whose ctx were not copied)
+    bint cow                 # nodes may be shared with another tree (copy-on-write)
     Leaf *spare_leaf[NSPARE_L]
     int nspare_leaf
     Inner *spare_inner[NSPARE_I]
@@ -79,6 +84,7 @@ cdef class IOTLB:
     cdef object __weakref__
 
     cdef object _delete_path(self, Path *p, bint *intact=*)
+    cdef int _reset(self) except -1
     cdef Py_ssize_t _add_range_ctx_limit(self, Py_ssize_t nmaps, bint full,
                                          Py_ssize_t index) except -1
     cdef bint _add_range_ctx_fits(self) noexcept

@@ -121,23 +121,33 @@ cdef uint64_t SEQ_END = (<uint64_t>1) << 55   # meta = seq << 9 | ... must not l
 
 
 # ----------------------------------------------------------------------------- nodes
-cdef int t_reserve(Tree *t) except -1:
-    # ensure spares for one insert, also after a retirement shrank the tree: a leaf,
-    # and an inner node per level plus a new root unless the root is a leaf with room;
-    # MemoryError leaves t as it was
+# Copy-on-write: a node may be referenced by several trees (IOTLB.copy(), add_all into
+# an empty tree share the root in O(1)).  rc counts the references to a node (inner
+# nodes' child slots and tree roots).  A node with rc > 1 is never written: a change
+# first makes every node on its path exclusive (own_leaf/own_inner copy a shared node
+# into a spare, and a copied inner node adds a reference to each child), so a change
+# costs O(height) node copies at most and the other trees never see it.  There is no
+# leaf chain (a shared leaf cannot have one successor per tree): leaf walks go through
+# a Path (leaf_first/leaf_next).  Every copy is made from spares reserved before the
+# change, so a change never fails half-done.
+ctypedef struct Hdr:         # the common head of Leaf and Inner
+    int n
+    int rc
+
+
+cdef int t_spares(Tree *t, int nl, int ni) except -1:
+    # at least nl spare leaves and ni spare inner nodes; MemoryError leaves t's
+    # content as it was
     cdef void *m
-    cdef int need_inner = t.height + 1
-    while t.nspare_leaf < 1:
+    if nl > NSPARE_L or ni > NSPARE_I or t.height + 1 >= MAXH:
+        raise MemoryError("IOTLB: tree too tall")
+    while t.nspare_leaf < nl:
         m = PyMem_Malloc(sizeof(Leaf))
         if m == NULL:
             raise MemoryError()
         t.spare_leaf[t.nspare_leaf] = <Leaf *>m
         t.nspare_leaf += 1
-    if t.height + 1 >= NSPARE_I or t.height + 1 >= MAXH:
-        raise MemoryError("IOTLB: tree too tall")
-    if t.root == NULL or (t.height == 0 and (<Leaf *>t.root).n < LCAP):
-        need_inner = 0
-    while t.nspare_inner < need_inner:
+    while t.nspare_inner < ni:
         m = PyMem_Malloc(sizeof(Inner))
         if m == NULL:
             raise MemoryError()
@@ -146,18 +156,167 @@ cdef int t_reserve(Tree *t) except -1:
     return 0
 
 
+cdef int t_reserve(Tree *t, bint retiring=False) except -1:
+    # spares for one insert (a leaf, and an inner node per level plus a new root
+    # unless the root is a leaf with room), with shared nodes also a copy of the
+    # path, and with `retiring` room for a t_delete first (t_reserve_del)
+    cdef int h = t.height, nl = 1, ni = h + 1
+    if t.root == NULL or (h == 0 and (<Leaf *>t.root).n < LCAP):
+        ni = 0
+    if t.cow:
+        nl += 1
+        ni += h
+        if retiring:
+            nl += 2
+            ni += 2 * h
+    return t_spares(t, nl, ni)
+
+
+cdef inline int t_reserve_del(Tree *t) except -1:
+    # spares for one t_delete: with shared nodes, a copy of the path and of one
+    # sibling per level; nothing otherwise
+    if not t.cow:
+        return 0
+    return t_spares(t, 2, 2 * t.height)
+
+
 cdef inline Leaf *take_leaf(Tree *t) noexcept:
     # a reserved spare leaf, now counted as live (t_reserve() guaranteed one)
+    cdef Leaf *f
     t.nspare_leaf -= 1
     t.nleaf += 1
-    return t.spare_leaf[t.nspare_leaf]
+    f = t.spare_leaf[t.nspare_leaf]
+    f.rc = 1
+    return f
 
 
 cdef inline Inner *take_inner(Tree *t) noexcept:
     # a reserved spare inner node, now counted as live (t_reserve() guaranteed one)
+    cdef Inner *x
     t.nspare_inner -= 1
     t.ninner += 1
-    return t.spare_inner[t.nspare_inner]
+    x = t.spare_inner[t.nspare_inner]
+    x.rc = 1
+    return x
+
+
+cdef inline Leaf *own_leaf(Tree *t, Leaf *f) noexcept:
+    # f, or when shared an exclusive copy of it (from a reserved spare) that replaces
+    # it in the caller's parent slot (already exclusive) or root
+    cdef Leaf *g
+    cdef int n
+    if f.rc == 1:
+        return f
+    t.nspare_leaf -= 1
+    g = t.spare_leaf[t.nspare_leaf]
+    n = f.n
+    g.n = n
+    g.rc = 1
+    memcpy(g.start, f.start, n * sizeof(uint64_t))
+    memcpy(g.last, f.last, n * sizeof(uint64_t))
+    memcpy(g.addr, f.addr, n * sizeof(uint64_t))
+    memcpy(g.meta, f.meta, n * sizeof(uint64_t))
+    f.rc -= 1
+    return g
+
+
+cdef inline Inner *own_inner(Tree *t, Inner *x) noexcept:
+    # as own_leaf for an inner node: the copy shares x's children (one more
+    # reference each)
+    cdef Inner *y
+    cdef int n, j
+    if x.rc == 1:
+        return x
+    t.nspare_inner -= 1
+    y = t.spare_inner[t.nspare_inner]
+    n = x.n
+    y.n = n
+    y.rc = 1
+    memcpy(y.child, x.child, n * sizeof(void *))
+    memcpy(y.kstart, x.kstart, n * sizeof(uint64_t))
+    memcpy(y.kseq, x.kseq, n * sizeof(uint64_t))
+    memcpy(y.maxlast, x.maxlast, n * sizeof(uint64_t))
+    memcpy(y.span, x.span, n * sizeof(uint64_t))
+    for j in range(n):
+        (<Hdr *>y.child[j]).rc += 1
+    x.rc -= 1
+    return y
+
+
+cdef void t_own_path(Tree *t, Path *p) noexcept:
+    # make every node on p (filled by a search of t just before) exclusive to t,
+    # updating p; t_reserve_del() must have succeeded just before
+    cdef int level = t.height, j
+    cdef Inner *x
+    if level == 0:
+        p.leaf = own_leaf(t, <Leaf *>t.root)
+        t.root = p.leaf
+        return
+    x = own_inner(t, <Inner *>t.root)
+    t.root = x
+    while level > 0:
+        p.node[level] = x
+        j = p.idx[level]
+        if level == 1:
+            p.leaf = own_leaf(t, <Leaf *>x.child[j])
+            x.child[j] = p.leaf
+        else:
+            x.child[j] = own_inner(t, <Inner *>x.child[j])
+            x = <Inner *>x.child[j]
+        level -= 1
+
+
+cdef void t_share(Tree *d, Tree *s) noexcept:
+    # the empty d holds s's entries by sharing s's root: O(1)
+    if s.root == NULL:
+        return
+    (<Hdr *>s.root).rc += 1
+    d.root = s.root
+    d.height = s.height
+    d.maxlast = s.maxlast
+    d.span = s.span
+    d.count = s.count
+    d.nleaf = s.nleaf
+    d.ninner = s.ninner
+    if s.seq > d.seq:
+        d.seq = s.seq
+    d.cow = s.cow = True
+
+
+cdef inline Leaf *leaf_first(Tree *t, Path *p) noexcept:
+    # the leftmost leaf (NULL when empty); p records the way down for leaf_next
+    cdef void *node = t.root
+    cdef int level = t.height
+    if node == NULL:
+        return NULL
+    while level > 0:
+        p.node[level] = <Inner *>node
+        p.idx[level] = 0
+        node = (<Inner *>node).child[0]
+        level -= 1
+    p.leaf = <Leaf *>node
+    return p.leaf
+
+
+cdef inline Leaf *leaf_next(Tree *t, Path *p) noexcept:
+    # the leaf after p.leaf (NULL after the last); p from leaf_first/leaf_next or a
+    # search, with t unchanged since
+    cdef int level = 1
+    cdef void *node
+    while level <= t.height and p.idx[level] + 1 >= p.node[level].n:
+        level += 1
+    if level > t.height:
+        return NULL
+    p.idx[level] += 1
+    node = p.node[level].child[p.idx[level]]
+    level -= 1
+    while level > 0:
+        p.node[level] = <Inner *>node
+        p.idx[level] = 0
+        node = (<Inner *>node).child[0]
+        level -= 1
+    p.leaf = <Leaf *>node
+    return p.leaf
 
 
 cdef inline void give_leaf(Tree *t, Leaf *f) noexcept:
@@ -181,9 +340,13 @@ cdef inline void give_inner(Tree *t, Inner *x) noexcept:
 
 
 cdef void free_sub(void *node, int level) noexcept:
-    # free node and everything below it (no rebalancing, no bookkeeping)
+    # drop one reference to node; at the last one free it and drop its children's
+    # (no rebalancing, no bookkeeping)
     cdef Inner *x
     cdef int j
+    (<Hdr *>node).rc -= 1
+    if (<Hdr *>node).rc > 0:
+        return
     if level > 0:
         x = <Inner *>node
         for j in range(x.n):
@@ -196,7 +359,6 @@ cdef void t_clear(Tree *t) noexcept:
     if t.root != NULL:
         free_sub(t.root, t.height)
     t.root = NULL
-    t.head = NULL
     t.height = 0
     t.maxlast = 0
     t.span = 0
@@ -205,6 +367,8 @@ cdef void t_clear(Tree *t) noexcept:
     t.ninner = 0
     t.qhead = 0
     t.qtail = 0
+    t.ctx_floor = 0
+    t.cow = False
 
 
 cdef void t_free(Tree *t) noexcept:
@@ -435,18 +599,20 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
     if t.root == NULL:
         f = take_leaf(t)
         f.n = 0
-        f.next = NULL
         leaf_put(f, 0, s, l, a, meta)
         t.root = f
-        t.head = f
         t.height = 0
         t.maxlast = l
         t.span = sp
         t.count = 1
         return
     t.count += 1
-    node = t.root
     level = t.height
+    if level == 0:
+        node = own_leaf(t, <Leaf *>t.root)
+    else:
+        node = own_inner(t, <Inner *>t.root)
+    t.root = node
     while level > 0:
         x = <Inner *>node
         j = inner_route(x, s, UMAX)
@@ -454,7 +620,11 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
         p.idx[level] = j
         xrm[level] = rm
         rm = rm and j == x.n - 1
-        node = x.child[j]
+        if level == 1:
+            node = own_leaf(t, <Leaf *>x.child[j])
+        else:
+            node = own_inner(t, <Inner *>x.child[j])
+        x.child[j] = node
         level -= 1
     f = <Leaf *>node
     pos = leaf_lower(f, s, UMAX)
@@ -475,8 +645,6 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
                 leaf_put(f, pos, s, l, a, meta)
             else:
                 leaf_put(r, pos - h, s, l, a, meta)
-        r.next = f.next
-        f.next = r
         newc = r
     level = 1
     while level <= t.height:
@@ -548,13 +716,14 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
     cdef Inner *ya
     cdef Inner *yb
     if clevel == 0:
-        fa = <Leaf *>x.child[a]
-        fb = <Leaf *>x.child[b]
+        fa = own_leaf(t, <Leaf *>x.child[a])   # one of the two is on the path (owned)
+        x.child[a] = fa
+        fb = own_leaf(t, <Leaf *>x.child[b])
+        x.child[b] = fb
         tot = fa.n + fb.n
         if tot <= LMERGE:
             leaf_move(fa, fa.n, fb, 0, fb.n)
             fa.n = tot
-            fa.next = fb.next
             give_leaf(t, fb)
             inner_move(x, b, x, b + 1, x.n - b - 1)
             x.n -= 1
@@ -572,8 +741,10 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
         fa.n = k
         fb.n = tot - k
     else:
-        ya = <Inner *>x.child[a]
-        yb = <Inner *>x.child[b]
+        ya = own_inner(t, <Inner *>x.child[a])
+        x.child[a] = ya
+        yb = own_inner(t, <Inner *>x.child[b])
+        x.child[b] = yb
         tot = ya.n + yb.n
         if tot <= IMERGE:
             inner_move(ya, ya.n, yb, 0, yb.n)
@@ -600,7 +771,7 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
 
 cdef bint t_delete(Tree *t, Path *p) noexcept:
     # vhost_iotlb_map_free on the tree: remove the entry at p (filled by a search just
-    # before), rebalance bottom-up, keep every record and the root aggregates exact;
+    # before, then t_own_path), rebalance bottom-up, keep every record and the root aggregates exact;
     # true when no node was rebalanced or freed at any level: p then still holds the
     # path, and p.slot the entry that followed the removed one (if p.slot < leaf.n)
     cdef Leaf *f = p.leaf
@@ -642,7 +813,6 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
         if f.n == 0:
             give_leaf(t, f)
             t.root = NULL
-            t.head = NULL
             t.maxlast = 0
             t.span = 0
             return False
@@ -662,44 +832,6 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
         else:
             inner_agg(<Inner *>t.root, &t.maxlast, &t.span)
     return intact
-
-
-# ----------------------------------------------------------------------------- clone
-cdef void *clone_rec(Tree *d, void *node, int level, Leaf **prev) noexcept:
-    # a node-for-node copy of node's subtree, leaves chained after *prev; NULL on ENOMEM
-    # (nothing of the partial copy is left allocated)
-    cdef Inner *x
-    cdef Inner *y
-    cdef Leaf *f
-    cdef void *c
-    cdef int j
-    if level == 0:
-        f = <Leaf *>PyMem_Malloc(sizeof(Leaf))
-        if f == NULL:
-            return NULL
-        memcpy(f, node, sizeof(Leaf))
-        f.next = NULL
-        if prev[0] == NULL:
-            d.head = f
-        else:
-            prev[0].next = f
-        prev[0] = f
-        d.nleaf += 1
-        return f
-    x = <Inner *>node
-    y = <Inner *>PyMem_Malloc(sizeof(Inner))
-    if y == NULL:
-        return NULL
-    memcpy(y, x, sizeof(Inner))
-    for j in range(x.n):
-        c = clone_rec(d, x.child[j], level - 1, prev)
-        if c == NULL:
-            y.n = j
-            free_sub(y, level)    # the caller zeroes d's node counts: nothing was kept
-            return NULL
-        y.child[j] = c
-    d.ninner += 1
-    return y
 
 
 # ----------------------------------------------------------------------------- queue
@@ -813,7 +945,7 @@ cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
         f = <Leaf *>allp[k]
         cnt = m - k * LCAP if k == sizes[0] - 1 else LCAP
         f.n = <int>cnt
-        f.next = <Leaf *>allp[k + 1] if k + 1 < sizes[0] else NULL
+        f.rc = 1
         for i in range(cnt):
             f.start[i] = e[k * LCAP + i].start
             f.last[i] = e[k * LCAP + i].last
@@ -830,11 +962,11 @@ cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
                 hi -= 1
             x = <Inner *>allp[off[lev] + q]
             x.n = <int>(hi - lo)
+            x.rc = 1
             for j in range(x.n):
                 x.child[j] = allp[off[lev - 1] + lo + j]
                 refresh(x, j, lev - 1)
     t.root = allp[total - 1]
-    t.head = <Leaf *>allp[0]
     t.height = h
     t.count = m
     t.nleaf = sizes[0]
@@ -966,9 +1098,11 @@ cdef class IOTLB:
         # t_delete's result
         cdef uint64_t meta = p.leaf.meta[p.slot]
         cdef bint kept
+        t_reserve_del(&self.t)       # MemoryError here: nothing changed
         ctx = None
         if meta & HASCTX:
             ctx = self._ctx.pop(meta >> 9, None)
+        t_own_path(&self.t, p)
         kept = t_delete(&self.t, p)
         if intact != NULL:
             intact[0] = kept
@@ -1021,7 +1155,7 @@ cdef class IOTLB:
         cdef Path p
         cdef Tree *t = &self.t
         old = None
-        t_reserve(t)
+        t_reserve(t, fifo)
         if fifo:
             q_ready(t)
         q = t.seq
@@ -1180,9 +1314,14 @@ cdef class IOTLB:
         # only one, i.e. the next entry in key order starts after l (every later one
         # starts no earlier than that)
         cdef Leaf *f = p.leaf
+        cdef int level = 1
         if p.slot + 1 < f.n:
             return f.start[p.slot + 1] > l
-        return f.next == NULL or f.next.start[0] > l
+        while level <= self.t.height:   # the next leaf's first start: its parent record
+            if p.idx[level] + 1 < p.node[level].n:
+                return p.node[level].kstart[p.idx[level] + 1] > l
+            level += 1
+        return True
 
     # ----------------------------------------------------------------- mutation
     def map(self, start, last, addr, perm=_PERM_RW, ctx=None):
@@ -1231,7 +1370,14 @@ cdef class IOTLB:
 
         As in the kernel the loop stops at the first failing add and raises its error,
         keeping what was added before it (the caller decides whether to wipe).
-        Returns the number of entries added.  O(n log n) in C, no per-entry objects.
+        Returns the number of entries added.
+
+        Into an empty tree without RETIRE, when every entry fits the limit (and none
+        is exactly ``[0, ~0]``, which the loop would split), this is O(1): the two
+        trees share their nodes, copy-on-write (see ``copy``), and the entries'
+        ctx bits are voided by a floor on their insertion numbers, not rewritten;
+        the result is the loop's, insertion order included (ascending).  Otherwise
+        the loop runs in C, O(n log n), no per-entry objects.
 
         >>> src = IOTLB(); src.map(0x3000, 0x3fff, 7, ctx="f"); src.map(0, 0xfff, 5)
         >>> dst = IOTLB(1); dst.add_all(src)
@@ -1241,12 +1387,31 @@ cdef class IOTLB:
         >>> [(m.start, m.addr, m.ctx) for m in dst]
         [(0, 5, None)]
         """
-        cdef Leaf *f = src.t.head
+        cdef Path w
+        cdef Leaf *f
         cdef Py_ssize_t n = 0, v
         cdef int i
+        cdef Tree *t = &self.t
         if src is self:
             raise ValueError("add_all: source and destination are the same IOTLB")
+        if (t.count == 0 and not (self._bounded and self._retire) and src.t.count > 0
+                and src.t.span != UMAX
+                and (not self._bounded or <uint64_t>src.t.count <= self._limit)):
+            # every add succeeds and none splits: share (vhost_iotlb_add_range per
+            # entry in ascending order gives the same entries, in the same order,
+            # with insertion order = key order: ctx_floor says so)
+            old = self._ctx        # empty (count 0), maybe grown: released after
+            self._ctx = {}
+            t_clear(t)             # spares and queue capacity stay
+            t_share(t, &src.t)
+            if t.seq >= SEQ_END:
+                t_clear(t)
+                raise OverflowError("IOTLB: insertion counter exhausted")
+            t.ctx_floor = t.seq
+            self._version += 1
+            return src.t.count
         v = src._version
+        f = leaf_first(&src.t, &w)
         while f != NULL:
             for i in range(f.n):
                 self._add_range_ctx(f.start[i], f.last[i], f.addr[i], f.meta[i] & 0xff,
@@ -1254,7 +1419,7 @@ cdef class IOTLB:
                 n += 1
                 if src._version != v:    # a retired entry's finalizer changed src
                     raise RuntimeError("add_all: the source IOTLB changed during the copy")
-            f = f.next
+            f = leaf_next(&src.t, &w)
         return n
 
     def unmap(self, start=0, last=U64_MAX):
@@ -1278,7 +1443,7 @@ cdef class IOTLB:
         _u64(last, "last", &l)
         if s == 0 and l == UMAX:
             n = self.t.count
-            self.reset()
+            self._reset()
             return n
         found = t_find(&self.t, s, l, 0, 0, &p)
         while found:
@@ -1309,10 +1474,15 @@ cdef class IOTLB:
         >>> len(t), t.limit, t.retire
         (0, 4, True)
         """
-        old = self._ctx        # released after the tree is empty
-        self._ctx = {}
+        self._reset()
+
+    cdef int _reset(self) except -1:
+        # reset()'s body (also unmap() of everything: set_map parents wipe per message)
+        old = self._ctx            # released after the tree is empty (a new dict also
+        self._ctx = {}             # gives back the table a piecewise unmap left grown)
         t_clear(&self.t)
         self._version += 1
+        return 0
 
     # ----------------------------------------------------------------- lookup
     def first(self, start, last):
@@ -1526,19 +1696,22 @@ cdef class IOTLB:
     def __eq__(self, other):
         cdef Leaf *f
         cdef Leaf *g
+        cdef Path pf, pg
         cdef int i = 0, k = 0
         if isinstance(other, IOTLB):
             if self.t.count != (<IOTLB>other).t.count:
                 return False
-            f = self.t.head
-            g = (<IOTLB>other).t.head
+            if self.t.root == (<IOTLB>other).t.root:
+                return True       # shared (or both empty)
+            f = leaf_first(&self.t, &pf)
+            g = leaf_first(&(<IOTLB>other).t, &pg)
             while f != NULL and g != NULL:
                 if i == f.n:
-                    f = f.next
+                    f = leaf_next(&self.t, &pf)
                     i = 0
                     continue
                 if k == g.n:
-                    g = g.next
+                    g = leaf_next(&(<IOTLB>other).t, &pg)
                     k = 0
                     continue
                 if (f.start[i] != g.start[k] or f.last[i] != g.last[k]
@@ -1572,13 +1745,21 @@ cdef class IOTLB:
     def _insertion_order(self):
         """Every entry as ``(start, last, addr, perm, ctx)``, oldest first.
 
+        Entries shared by ``add_all`` (seq below ``ctx_floor``) were inserted in
+        ascending key order before any other, as the kernel's copy loop does.
+
         >>> t = IOTLB(); t.map(5, 6, 0); t.map(1, 2, 0, ctx="c")
         >>> t._insertion_order()
         [(5, 6, 0, 3, None), (1, 2, 0, 3, 'c')]
+        >>> u = IOTLB(); u.add_all(t); u.map(0, 0, 9); u._insertion_order()
+        2
+        [(1, 2, 0, 3, None), (5, 6, 0, 3, None), (0, 0, 9, 3, None)]
         """
         cdef Py_ssize_t n = self.t.count, k = 0, i
         cdef Ent *e
-        cdef Leaf *f = self.t.head
+        cdef Path w
+        cdef Leaf *f = leaf_first(&self.t, &w)
+        cdef uint64_t floor = self.t.ctx_floor, q
         cdef list res
         if n == 0:
             return []
@@ -1588,19 +1769,21 @@ cdef class IOTLB:
         try:
             while f != NULL:
                 for i in range(f.n):
-                    e[k].seq = f.meta[i] >> 9
+                    q = f.meta[i] >> 9
+                    # sort key: below the floor by position (key order), then by seq
+                    e[k].seq = <uint64_t>k if q < floor else q - floor + <uint64_t>n
                     e[k].start = f.start[i]
                     e[k].last = f.last[i]
                     e[k].addr = f.addr[i]
                     e[k].meta = f.meta[i]
                     k += 1
-                f = f.next
+                f = leaf_next(&self.t, &w)
             qsort(e, n, sizeof(Ent), ent_cmp)
             ctxs = self._ctx
             res = [None] * n
             for i in range(n):
                 res[i] = (e[i].start, e[i].last, e[i].addr, e[i].meta & 0xff,
-                          ctxs.get(e[i].seq) if e[i].meta & HASCTX else None)
+                          ctxs.get(e[i].meta >> 9) if e[i].meta & HASCTX else None)
             return res
         finally:
             PyMem_Free(e)
@@ -1627,14 +1810,19 @@ cdef class IOTLB:
         """A new tree with the same limit, retire flag, entries, ctx and insertion
         order.
 
+        O(1) for the entries: the two trees share their nodes until either changes,
+        and a change copies only the nodes on its path (copy-on-write); the ctx table
+        and a RETIRE queue are copied, O(their size).
+
         >>> t = IOTLB(); t.map(1, 2, 3, ctx="x"); c = t.copy()
         >>> c == t, next(iter(c)).ctx
         (True, 'x')
+        >>> c.map(5, 6, 7); len(t), len(c)
+        (1, 2)
         """
         cdef IOTLB new = type(self)(self.limit, retire=self._retire)
         cdef Tree *d = &new.t
         cdef Tree *t = &self.t
-        cdef Leaf *prev = NULL
         cdef Py_ssize_t live
         if d.root != NULL or t.root == NULL:   # a subclass filled it: stay generic
             new._load(self._insertion_order())
@@ -1647,17 +1835,11 @@ cdef class IOTLB:
             memcpy(d.q, &t.q[t.qhead], live * sizeof(QKey))
             d.qcap = d.qtail = live
             d.qhead = 0
-        d.root = clone_rec(d, t.root, t.height, &prev)
-        if d.root == NULL:
-            d.head = NULL
-            d.nleaf = d.ninner = 0
-            raise MemoryError()
-        d.height = t.height
-        d.maxlast = t.maxlast
-        d.span = t.span
-        d.count = t.count
+        ctxs = dict(self._ctx)
+        t_share(d, t)
         d.seq = t.seq
-        new._ctx = dict(self._ctx)
+        d.ctx_floor = t.ctx_floor
+        new._ctx = ctxs
         return new
 
     def __copy__(self):
@@ -1680,7 +1862,8 @@ cdef class IOTLB:
                            self._insertion_order()))
 
     def __sizeof__(self):
-        """The object plus every byte of C memory it holds (nodes, spares, queue).
+        """The object plus every byte of C memory it holds (nodes, spares, queue);
+        nodes shared with another tree (``copy``, ``add_all``) count in each.
 
         >>> t = IOTLB(); n = t.__sizeof__()
         >>> for i in range(1000): t.map(i * 16, i * 16 + 15, 0)
@@ -1715,20 +1898,21 @@ cdef class IOTLB:
         cdef Path p
         cdef Py_ssize_t i
         if t.root == NULL:
-            _req(t.count == 0 and t.head == NULL and t.height == 0, "empty tree state")
+            _req(t.count == 0 and t.height == 0, "empty tree state")
             _req(t.nleaf == 0 and t.ninner == 0, "empty tree node counts")
         else:
-            st.expect = t.head
             st.seq_end = t.seq
+            st.cow = t.cow
+            st.floor = t.ctx_floor
             _chk_node(st, t.root, t.height, True, True, &ml, &sp, &ks, &kq)
-            _req(st.expect == NULL, "leaf chain runs past the last leaf")
             _req(st.count == t.count, f"count {t.count} != entries {st.count}")
             _req(st.nleaf == t.nleaf and st.ninner == t.ninner, "node counts")
             _req(ml == t.maxlast, "root max last")
             _req(sp == t.span, "root span")
         _req(t.height < MAXH, "height")
         _req(0 <= t.nspare_leaf <= NSPARE_L and 0 <= t.nspare_inner <= NSPARE_I, "spares")
-        _req(set(self._ctx) == st.ctx_seqs, "ctx table != has_ctx bits")
+        _req(t.ctx_floor <= t.seq, "ctx floor above the counter")
+        _req(set(self._ctx) == st.ctx_seqs, "ctx table != has_ctx bits (above the floor)")
         _req(all(c is not None for c in self._ctx.values()), "None stored as ctx")
         if self._bounded:
             _req(<uint64_t>t.count <= self._limit, "more entries than limit")
@@ -1755,10 +1939,9 @@ def _req(ok, what):
 @cython.final
 cdef class _Chk:
     # walk state of IOTLB._check
-    cdef Leaf *expect
     cdef Py_ssize_t count, nleaf, ninner
-    cdef uint64_t ps, pq, seq_end
-    cdef bint started
+    cdef uint64_t ps, pq, seq_end, floor
+    cdef bint started, cow
     cdef set ctx_seqs
     cdef list keys
 
@@ -1775,12 +1958,12 @@ cdef int _chk_node(_Chk st, void *node, int level, bint rs, bint root, uint64_t 
     cdef int i, j, n = node_n(node, level)
     cdef uint64_t m = 0, s = 0, cml, csp, cks, ckq, q
     _req(1 <= n, "empty node")
+    _req((<Hdr *>node).rc >= 1, "node without a reference")
+    _req(st.cow or (<Hdr *>node).rc == 1, "shared node in a tree that never shared")
     if level == 0:
         f = <Leaf *>node
         _req(n <= LCAP, "leaf overfull")
         _req(root or rs or n >= LMIN, f"leaf under-full ({n}) off the right spine")
-        _req(f == st.expect, "leaf chain out of order")
-        st.expect = f.next
         st.nleaf += 1
         for i in range(n):
             q = f.meta[i] >> 9
@@ -1793,7 +1976,7 @@ cdef int _chk_node(_Chk st, void *node, int level, bint rs, bint root, uint64_t 
             st.ps = f.start[i]
             st.pq = q
             st.keys.append((f.start[i], q))
-            if f.meta[i] & HASCTX:
+            if f.meta[i] & HASCTX and q >= st.floor:
                 st.ctx_seqs.add(q)
             if f.last[i] > m:
                 m = f.last[i]
@@ -1872,12 +2055,6 @@ cdef class _Iter:
                     if f.last[i] >= self.s:
                         break
                     i += 1
-                elif self.s == 0 and self.l == UMAX:
-                    f = f.next
-                    i = 0
-                    if f == NULL:
-                        self.state = 2
-                        raise StopIteration
                 else:
                     if not t_find(t, self.s, self.l, self.leaf.start[self.slot],
                                   (self.leaf.meta[self.slot] >> 9) + 1, &p):

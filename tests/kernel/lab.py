@@ -736,7 +736,10 @@ def run(args) -> int:
         if not os.path.isdir(p) or p == "/" or re.search(r"\s", p):
             raise LabError(f"--rw {p}: not a usable directory")
     if re.match(r"/(tmp|run|var/tmp)(/|$)", cwd) and not any(cwd == p or cwd.startswith(p + "/") for p in rw):
-        log(f"warning: {cwd} is hidden by a guest tmpfs (/tmp, /run, /var/tmp); share it with --rw")
+        # the guest mounts a tmpfs there: share the directory (a CI clone may live
+        # there), or the command could not even start in it
+        log(f"{cwd} lies under a guest tmpfs (/tmp, /run, /var/tmp): shared with --rw")
+        rw.append(cwd)
 
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)

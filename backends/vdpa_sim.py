@@ -41,7 +41,8 @@ import errno
 
 import iotlb
 from iotlb import U64_MAX, IOTLBError, Perm
-from iotlb.backend import BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend
+from iotlb.backend import (BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend,
+                           copy_iotlb)
 from iotlb.kernels import Since
 
 __all__ = ["VdpaSim", "VdpaSimSetMap", "VdpaSimDmaMap", "MAX_IOTLB_ENTRIES"]
@@ -377,18 +378,8 @@ class VdpaSimSetMap(VdpaSim):
         1
         """
         self._check_op_asid("set_map", asid)
-        tlb = self._iommu[asid]
-        tlb.unmap()
         self._pt[asid] = False
-        try:
-            if isinstance(iotlb_, iotlb.IOTLB):
-                tlb.add_all(iotlb_)
-            else:                            # any iterable of Map (plugin tests)
-                for m in iotlb_:
-                    tlb.map(m.start, m.last, m.addr, m.perm)
-        except BaseException:
-            tlb.unmap()
-            raise
+        copy_iotlb(self._iommu[asid], iotlb_)
 
 
 class VdpaSimDmaMap(VdpaSim):

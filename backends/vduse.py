@@ -65,7 +65,7 @@ import errno
 
 import iotlb
 from iotlb import U64_MAX, IOTLBError
-from iotlb.backend import Backend
+from iotlb.backend import Backend, copy_iotlb
 
 __all__ = ["Vduse", "Vduse612", "Vduse72", "MAX_IOTLB_ENTRIES", "VDUSE_DEV_MAX_GROUPS",
            "VDUSE_DEV_MAX_AS", "KERNELS"]
@@ -230,17 +230,7 @@ class Vduse(Backend):
         if type(asid) is not int or not 0 <= asid < self.nas:
             raise ValueError(f"set_map: asid must be in 0..{self.nas - 1}, got {asid!r} "
                              "(vhost-vdpa never passes another)")
-        tlb = self._domain[asid]
-        tlb.unmap()
-        try:
-            if isinstance(iotlb_, iotlb.IOTLB):
-                tlb.add_all(iotlb_)
-            else:                            # any iterable of Map (plugin tests)
-                for m in iotlb_:
-                    tlb.map(m.start, m.last, m.addr, m.perm)
-        except BaseException:
-            tlb.unmap()
-            raise
+        copy_iotlb(self._domain[asid], iotlb_)
         self._msg_sync("UPDATE_IOTLB", asid, 0, U64_MAX)
 
     # ------------------------------------------------------------------ observation

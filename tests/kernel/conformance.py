@@ -159,6 +159,12 @@ def report(kernel: str, config: str, data: dict, max_diffs: int) -> None:
     if data.get("boot_error"):
         print(f"FAIL {label}: {data['error']}")
         return
+    print_result(label, data, max_diffs)
+
+
+def print_result(label: str, data: dict, max_diffs: int) -> None:
+    """PASS/FAIL with the counts of one `iotlb conform --json` result, then every
+    differing op (the kernel's answer and the model's), at most ``max_diffs`` a trace."""
     ok = data.get("ok") and data.get("failed") == 0
     print(f"{'PASS' if ok else 'FAIL'} {label}: {data['traces']} traces, {data['ops']} ops, "
           f"{data['agreed']} agreed, {data['differing']} differing, {data['errors']} could "

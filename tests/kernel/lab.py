@@ -735,11 +735,13 @@ def run(args) -> int:
     for p in rw:
         if not os.path.isdir(p) or p == "/" or re.search(r"\s", p):
             raise LabError(f"--rw {p}: not a usable directory")
-    if re.match(r"/(tmp|run|var/tmp)(/|$)", cwd) and not any(cwd == p or cwd.startswith(p + "/") for p in rw):
-        # the guest mounts a tmpfs there: share the directory (a CI clone may live
-        # there), or the command could not even start in it
-        log(f"{cwd} lies under a guest tmpfs (/tmp, /run, /var/tmp): shared with --rw")
-        rw.append(cwd)
+    # the guest mounts a tmpfs on /tmp, /run and /var/tmp: the working directory and
+    # this project (a CI clone may live there, with its venv) are shared instead
+    for need in (cwd, os.path.realpath(HERE.parent.parent)):
+        if re.match(r"/(tmp|run|var/tmp)(/|$)", need) and \
+                not any(need == p or need.startswith(p + "/") for p in rw):
+            log(f"{need} lies under a guest tmpfs (/tmp, /run, /var/tmp): shared with --rw")
+            rw.append(need)
 
     runs = cache_dir() / "runs"
     runs.mkdir(parents=True, exist_ok=True)

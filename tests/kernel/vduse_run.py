@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import lab  # noqa: E402
-from conformance import _q  # noqa: E402
+from conformance import _q, print_result  # noqa: E402
 
 
 def parents_dir(key: str, version: str) -> Path:
@@ -174,24 +174,7 @@ def main(argv=None) -> int:
 
 
 def _report(kernel: str, opts, data: dict, max_diffs: int, parent: str = "vduse") -> None:
-    ok = data.get("ok") and data.get("failed") == 0
-    print(f"{'PASS' if ok else 'FAIL'} {kernel} {parent} ({', '.join(opts)}): {data['traces']} "
-          f"traces, {data['ops']} ops, {data['agreed']} agreed, {data['differing']} differing, "
-          f"{data['errors']} could not run ({data['release']}; profile {data['kernel_profile']}; "
-          f"kprobes: {data['kprobes']}; {data['seconds']:.0f} s)")
-    for r in data["results"]:
-        if r["ok"]:
-            continue
-        if r["error"]:
-            print(f"  {r['trace']}: {r['error']}")
-        for d in r["differences"][:max_diffs]:
-            where = f"line {d['line']}" if d.get("line") else f"op {d['index']}"
-            print(f"  {r['trace']}:{where}: {d['op']}")
-            for key in d["keys"]:
-                print(f"    - kernel {key}: {d['kernel'][key]}")
-                print(f"    + model  {key}: {d['model'].get(key)}")
-        if len(r["differences"]) > max_diffs:
-            print(f"  {r['trace']}: ... {len(r['differences']) - max_diffs} more")
+    print_result(f"{kernel} {parent} ({', '.join(opts)})", data, max_diffs)
 
 
 if __name__ == "__main__":

@@ -1197,7 +1197,7 @@ def cmd_replay(args) -> int:
         dropped = write_trace(args.record, sent)
         if dropped:
             _warn(f"--record {args.record}: the binary format keeps only messages; "
-                  f"{dropped} ioctls dropped")
+                  f"{dropped:,} ioctls dropped")
     strict_fail = bool(args.strict and failures)
     ok = invariant_error is None and not unmet and not strict_fail
     status = 2 if bad else 0 if ok else 1

@@ -696,6 +696,8 @@ class Progress:
     it only when stderr is a terminal and the replay is long).
 
     >>> p = Progress(10, enabled=False); p.update(5); p.close()
+    >>> Progress(1000, enabled=False).line(250, 2.0)
+    'replaying: 250/1,000 ops ( 25.0%), 125 ops/s, 6s left'
     """
 
     def __init__(self, total: int, *, enabled: bool, label: str = "replaying") -> None:
@@ -705,6 +707,7 @@ class Progress:
         self.done = 0
         self._bar = None
         self._last = 0.0
+        self._t0 = time.monotonic()
         if enabled:
             try:
                 import tqdm  # optional
@@ -724,10 +727,19 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= 0.1:
             self._last = now
-            pct = 100.0 * self.done / self.total if self.total else 100.0
-            sys.stderr.write(f"\r{self.label}: {self.done:,}/{self.total:,} ops "
-                             f"({pct:5.1f}%)")
+            sys.stderr.write("\r" + self.line(self.done, now - self._t0))
             sys.stderr.flush()
+
+    def line(self, done: int, seconds: float) -> str:
+        """The progress line after ``done`` ops in ``seconds``: count, share, rate and
+        the time left at that rate."""
+        pct = 100.0 * done / self.total if self.total else 100.0
+        text = f"{self.label}: {done:,}/{self.total:,} ops ({pct:5.1f}%)"
+        if seconds > 0 and done:
+            rate = done / seconds
+            left = max(self.total - done, 0) / rate
+            text += f", {rate:,.0f} ops/s, {left:,.0f}s left"
+        return text
 
     def close(self) -> None:
         if not self.enabled:
@@ -735,5 +747,5 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             return
-        sys.stderr.write("\r" + " " * 60 + "\r")
+        sys.stderr.write("\r" + " " * 79 + "\r")
         sys.stderr.flush()

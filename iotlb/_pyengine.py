@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import array
 import errno as _errno
+import functools
 import itertools
+from threading import get_ident as _get_ident
 from typing import Iterator, Optional
 
 from sortedcontainers import SortedList
@@ -62,6 +64,43 @@ def _is_scalar(obj) -> bool:
         return True
 
 
+def _busy_error(self, name: str) -> RuntimeError:
+    return RuntimeError(f"IOTLB.{name}: another thread is changing this pure-Python "
+                        "IOTLB; it is not thread-safe (guard every call with one "
+                        "threading.Lock, or use the compiled engine)")
+
+
+def _exclusive(fn):
+    """A mutating method: refuses (RuntimeError, nothing changed) while another thread
+    is inside a mutating method of the same tree, instead of corrupting it.  The same
+    thread may re-enter (a ctx finalizer may change the tree)."""
+    @functools.wraps(fn)
+    def guarded(self, *args, **kwargs):
+        me = _get_ident()
+        if self._owner is not None and self._owner != me:
+            raise _busy_error(self, fn.__name__)
+        self._owner = me
+        self._depth += 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            self._depth -= 1
+            if not self._depth:
+                self._owner = None
+    return guarded
+
+
+def _reader(fn):
+    """A reading method: refuses (RuntimeError) while another thread is changing the
+    tree, instead of answering from a half-changed one."""
+    @functools.wraps(fn)
+    def guarded(self, *args, **kwargs):
+        if self._owner is not None and self._owner != _get_ident():
+            raise _busy_error(self, fn.__name__)
+        return fn(self, *args, **kwargs)
+    return guarded
+
+
 class IOTLB:
     """An IOTLB: overlapping-allowed interval map of inclusive u64 ranges.
 
@@ -81,7 +120,7 @@ class IOTLB:
     """
 
     __slots__ = ("_keys", "_entries", "_spans", "_seq", "_limit", "_retire",
-                 "_version", "__weakref__")
+                 "_version", "_owner", "_depth", "__weakref__")
 
     def __init__(self, limit: Optional[int] = None, *, retire: bool = False) -> None:
         if limit is not None:
@@ -95,6 +134,8 @@ class IOTLB:
         self._spans = SortedList()
         self._seq = itertools.count()
         self._version = 0
+        self._owner = None          # the thread inside a mutating method (_exclusive)
+        self._depth = 0
 
     # ----------------------------------------------------------------- properties
     @property
@@ -116,6 +157,7 @@ class IOTLB:
         return self._retire
 
     # ----------------------------------------------------------------- mutation
+    @_exclusive
     def map(self, start: int, last: int, addr: int, perm: int = Perm.RW,
             ctx: object = None) -> None:
         """Add ``[start, last] -> addr`` (``vhost_iotlb_add_range_ctx``).
@@ -196,6 +238,7 @@ class IOTLB:
         self._version += 1
         return entry  # the caller drops it (and its ctx) when the tree is consistent
 
+    @_exclusive
     def add_all(self, src: "IOTLB") -> int:
         """``map(m.start, m.last, m.addr, m.perm)`` for every entry ``m`` of ``src``,
         ascending, ctx not copied: the copy loop of a parent's ``set_map``
@@ -223,6 +266,7 @@ class IOTLB:
             n += 1
         return n
 
+    @_exclusive
     def unmap(self, start: int = 0, last: int = U64_MAX) -> int:
         """Remove every entry overlapping ``[start, last]`` whole; return how many.
 
@@ -244,6 +288,7 @@ class IOTLB:
         gone = [self._remove(seq) for seq in doomed]  # ctx released after the loop
         return len(gone)
 
+    @_exclusive
     def reset(self) -> None:
         """Remove everything; ``limit`` and ``retire`` stay (``vhost_iotlb_reset``).
 
@@ -279,6 +324,7 @@ class IOTLB:
     def _map(self, seq) -> Map:
         return tuple.__new__(Map, self._entries[seq])
 
+    @_reader
     def first(self, start: int, last: int) -> Optional[Map]:
         """The overlapping entry with the lowest start, ties by insertion
         (``vhost_iotlb_itree_first``), or None.
@@ -318,6 +364,7 @@ class IOTLB:
             if self._version != version:
                 raise RuntimeError("IOTLB changed size during iteration")
 
+    @_reader
     def translate(self, iova: int, size: int, access: int = Perm.RO) -> list:
         """Translate ``[iova, iova+size-1]`` into ``(host_addr, length)`` segments,
         one per entry crossed (vhost.c ``translate_desc``, vringh ``iotlb_translate``).
@@ -365,6 +412,7 @@ class IOTLB:
             addr = end + 1
 
     # ----------------------------------------------------------------- batch forms
+    @_exclusive
     def map_many(self, starts, lasts, addrs, perms=Perm.RW) -> int:
         """``map`` for every i, in order, from uint64 buffers; all-or-nothing.
 
@@ -408,6 +456,7 @@ class IOTLB:
             self.map(vs[i], vl[i], va[i], p if vp is None else vp[i])
         return n
 
+    @_reader
     def translate_many(self, iovas, sizes=1, access: int = Perm.RO, *,
                        default=None) -> array.array:
         """For every i, the host address of ``iovas[i]`` when all of
@@ -484,6 +533,7 @@ class IOTLB:
         """Every entry as ``(start, last, addr, perm, ctx)``, oldest first."""
         return list(self._entries.values())
 
+    @_exclusive
     def _load(self, entries) -> None:
         """Append stored entries (already split halves) in the given order."""
         for start, last, addr, perm, ctx in entries:

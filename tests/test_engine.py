@@ -735,3 +735,55 @@ def test_add_all_is_map_of_every_entry_in_ascending_order():
         pass
     else:
         raise AssertionError("add_all(self) must be refused")
+
+
+def test_pure_twin_refuses_concurrent_mutation_instead_of_corrupting():
+    """The pure-Python twin is not thread-safe: a call while another thread is inside
+    a mutating method raises RuntimeError and changes nothing (issue 16: was lost
+    entries and KeyError), and under real contention the tree stays consistent."""
+    import threading
+
+    from iotlb._pyengine import IOTLB as PyIOTLB
+
+    t = PyIOTLB()
+    t.map(0, 0xfff, 0)
+    t._owner, t._depth = -1, 1                 # as if another thread were mid-map
+    for call in (lambda: t.map(0x1000, 0x1fff, 0), lambda: t.unmap(),
+                 lambda: t.translate(0, 1), lambda: t.first(0, 1)):
+        with pytest.raises(RuntimeError, match="not thread-safe"):
+            call()
+    t._owner, t._depth = None, 0
+    assert [m.start for m in t] == [0]
+
+    refused = []
+    stop = threading.Event()
+
+    def writer(base):
+        i = 0
+        while not stop.is_set() and i < 3000:
+            try:
+                t.map(base + i * 0x1000, base + i * 0x1000 + 0xfff, i)
+                if i % 3 == 0:
+                    t.unmap(base + (i // 2) * 0x1000, base + (i // 2) * 0x1000)
+            except RuntimeError:
+                refused.append(1)
+            i += 1
+
+    def reader():
+        while not stop.is_set():
+            try:
+                t.first(0, U64_MAX)
+            except RuntimeError:
+                refused.append(1)
+
+    threads = [threading.Thread(target=writer, args=(b << 32,)) for b in (1, 2)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads[:2]:
+        th.join()
+    stop.set()
+    for th in threads[2:]:
+        th.join()
+    t._check()                                  # consistent, whatever was refused
+    assert t._owner is None and t._depth == 0

@@ -735,9 +735,10 @@ def run(args) -> int:
     for p in rw:
         if not os.path.isdir(p) or p == "/" or re.search(r"\s", p):
             raise LabError(f"--rw {p}: not a usable directory")
-    # the guest mounts a tmpfs on /tmp, /run and /var/tmp: the working directory and
-    # this project (a CI clone may live there, with its venv) are shared instead
-    for need in (cwd, os.path.realpath(HERE.parent.parent)):
+    # the guest mounts a tmpfs on /tmp, /run and /var/tmp: the working directory,
+    # this project (a CI clone may live there, with its venv) and the cache (files
+    # the guest loads: modules, a QEMU) are shared instead
+    for need in (cwd, os.path.realpath(HERE.parent.parent), os.path.realpath(cache_dir())):
         if re.match(r"/(tmp|run|var/tmp)(/|$)", need) and \
                 not any(need == p or need.startswith(p + "/") for p in rw):
             log(f"{need} lies under a guest tmpfs (/tmp, /run, /var/tmp): shared with --rw")

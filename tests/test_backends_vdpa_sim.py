@@ -289,3 +289,35 @@ class TestVdpaSimDmaMapConformance(BackendConformance):
 class TestVdpaSimPaModeConformance(BackendConformance):
     def make_backend(self):
         return VdpaSim(use_va=False, batch_mapping=False)
+
+
+def test_own_max_iotlb_entries_is_enospc_and_set_map_wipes_the_as():
+    """vdpa_sim's own IOTLBs have its max_iotlb_entries module parameter as limit,
+    without RETIRE ("vhost_iotlb: bound map allocation in add_range"): set_map past it
+    fails ENOSPC and vdpasim_set_map's error path leaves the AS empty (pt cleared);
+    dma_map past it fails ENOSPC and keeps what was mapped."""
+    src = iotlb.IOTLB()
+    for i in range(4):
+        src.map(i * 0x1000, i * 0x1000 + 0xfff, 0x10000 + i * 0x1000)
+    sim = VdpaSim(max_iotlb_entries=3)
+    with pytest.raises(IOTLBError) as info:
+        sim.set_map(0, src)
+    assert info.value.errno == errno.ENOSPC
+    assert len(sim.device_iotlb(0)) == 0 and not sim.iommu_pt(0)
+    sim.set_map(1, _first(src, 3))
+    assert len(sim.device_iotlb(1)) == 3
+    dma = VdpaSim(batch_mapping=False, max_iotlb_entries=3)
+    for i in range(3):
+        dma.dma_map(0, i * 0x1000, 0x1000, 0x10000, 3, None)
+    with pytest.raises(IOTLBError) as info:
+        dma.dma_map(0, 0x3000, 0x1000, 0x10000, 3, None)
+    assert info.value.errno == errno.ENOSPC and len(dma.device_iotlb(0)) == 3
+    with pytest.raises(ValueError):
+        VdpaSim(max_iotlb_entries=1)        # vdpasim_create refuses: no device
+
+
+def _first(src, n):
+    out = iotlb.IOTLB()
+    for m in list(src)[:n]:
+        out.map(m.start, m.last, m.addr, m.perm)
+    return out

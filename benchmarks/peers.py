@@ -995,6 +995,9 @@ def main(argv=None):
     p.add_argument("--no-64", dest="no64", action="store_true", help="skip the 64-bit workload")
     p.add_argument("--no-memory", dest="nomem", action="store_true",
                    help="skip the bytes-per-entry measurement")
+    p.add_argument("--only", metavar="NAMES",
+                   help="time only these contenders (comma-separated, e.g. cython,sorteddict;"
+                        " the C++ floor always runs): for quick looks, not for the page")
     p.add_argument("--render", metavar="JSON",
                    help="no run: re-render --markdown/--plot from a saved --json report")
     a = p.parse_args(argv)
@@ -1013,6 +1016,15 @@ def main(argv=None):
 
     engine_source = _engine_source()  # before the run: the source being timed
     cons = contenders()
+    if a.only:
+        want = set(a.only.split(","))
+        unknown = want - {c.name for c in cons}
+        if unknown:
+            p.error(f"--only: no contender named {', '.join(sorted(unknown))} (have: "
+                    f"{', '.join(c.name for c in cons)})")
+        if a.markdown:
+            p.error("--only and --markdown: the page's tables need every contender")
+        cons = [c for c in cons if c.name in want]
     for c in cons:
         if c.unavailable():
             log(f"{c.name}: {c.unavailable()}")

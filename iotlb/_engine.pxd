@@ -15,6 +15,8 @@ cdef enum:
 ctypedef struct Leaf:
     int n
     int rc                   # references (parents or tree roots); > 1: shared, read-only
+    uint64_t pmax[LCAP]      # pmax[i] = max(last[0..i]): ascending, so the first entry
+                             # with last >= s is one binary search (leaf_fix keeps it)
     uint64_t start[LCAP]
     uint64_t last[LCAP]
     uint64_t addr[LCAP]
@@ -23,6 +25,7 @@ ctypedef struct Leaf:
 ctypedef struct Inner:
     int n
     int rc                   # as Leaf.rc (n and rc lead both structs: see Hdr)
+    uint64_t pmax[ICAP]      # pmax[j] = max(maxlast[0..j]) (inner_fix keeps it)
     void *child[ICAP]
     uint64_t kstart[ICAP]    # min key of child j: (kstart[j], kseq[j])
     uint64_t kseq[ICAP]

@@ -59,27 +59,68 @@ __all__ = ["IOTLB"]
 
 cdef extern from *:
     """
-    /* A Map (a tuple subclass) without the Python-level tuple.__new__ round trip. */
+    /* A Map (a tuple subclass) without the Python-level tuple.__new__ round trip.
+
+       A Map without ctx may also come from two spare slots: a Map this function made
+       before, whose only reference left is the slot's, gets the new values in place
+       instead of being freed and a new one allocated (CPython's zip() and
+       enumerate() reuse their result tuples the same way).  Nobody else holds it, so
+       nobody can tell; its items are ints and None, so keeping it alive keeps nothing
+       else alive (a Map with a ctx is never kept: a ctx's lifetime is the user's).
+       Not where a tuple caches its hash (3.14) or references are not counted under
+       one lock (free-threaded builds). */
+    #if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    #define IOTLB_MAP_SPARES 2
+    static PyObject *iotlb_map_spare[IOTLB_MAP_SPARES];
+    static int iotlb_map_next;
+    #endif
     static PyObject *iotlb_make_map(PyObject *type, unsigned long long s,
                                     unsigned long long l, unsigned long long a,
                                     unsigned long long p, PyObject *ctx)
     {
         PyTypeObject *t = (PyTypeObject *)type;
-        PyObject *o = t->tp_alloc(t, 5), *v;
-        if (o == NULL) return NULL;
-        if ((v = PyLong_FromUnsignedLongLong(s)) == NULL) goto fail;
-        PyTuple_SET_ITEM(o, 0, v);
-        if ((v = PyLong_FromUnsignedLongLong(l)) == NULL) goto fail;
-        PyTuple_SET_ITEM(o, 1, v);
-        if ((v = PyLong_FromUnsignedLongLong(a)) == NULL) goto fail;
-        PyTuple_SET_ITEM(o, 2, v);
-        if ((v = PyLong_FromUnsignedLongLong(p)) == NULL) goto fail;
-        PyTuple_SET_ITEM(o, 3, v);
+        PyObject *v[4], *o;
+        int k;
+        v[0] = PyLong_FromUnsignedLongLong(s);
+        v[1] = PyLong_FromUnsignedLongLong(l);
+        v[2] = PyLong_FromUnsignedLongLong(a);
+        v[3] = PyLong_FromUnsignedLongLong(p);
+        if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL) goto fail;
+    #ifdef IOTLB_MAP_SPARES
+        if (ctx == Py_None) {
+            for (k = 0; k < IOTLB_MAP_SPARES; k++) {
+                o = iotlb_map_spare[k];
+                if (o != NULL && Py_REFCNT(o) == 1 && Py_TYPE(o) == t) {
+                    PyObject *old[4];
+                    for (k = 0; k < 4; k++) {
+                        old[k] = PyTuple_GET_ITEM(o, k);
+                        PyTuple_SET_ITEM(o, k, v[k]);
+                    }
+                    Py_INCREF(o);
+                    /* o is whole again: freeing an old int runs no user code */
+                    for (k = 0; k < 4; k++) Py_DECREF(old[k]);
+                    return o;
+                }
+            }
+        }
+    #endif
+        o = t->tp_alloc(t, 5);
+        if (o == NULL) goto fail;
+        for (k = 0; k < 4; k++) PyTuple_SET_ITEM(o, k, v[k]);
         Py_INCREF(ctx);
         PyTuple_SET_ITEM(o, 4, ctx);
+    #ifdef IOTLB_MAP_SPARES
+        if (ctx == Py_None) {
+            PyObject *prev = iotlb_map_spare[iotlb_map_next];
+            Py_INCREF(o);
+            iotlb_map_spare[iotlb_map_next] = o;
+            iotlb_map_next = (iotlb_map_next + 1) % IOTLB_MAP_SPARES;
+            Py_XDECREF(prev);   /* a Map the user still holds, or one of ours: no ctx */
+        }
+    #endif
         return o;
     fail:
-        Py_DECREF(o);
+        for (k = 0; k < 4; k++) Py_XDECREF(v[k]);
         return NULL;
     }
 
@@ -96,8 +137,24 @@ cdef extern from *:
         size_t k;
         for (k = 0; k < n; k += 64) IOTLB_PF(c + k);
     }
+
+    /* The first k in [0, n) with a[k] >= s, a ascending (a prefix-max array), or n.
+       No branch depends on the data, and only two steps depend on each other: count
+       the blocks of 8 whose last element is below s, then the elements below s in
+       the next block.  (A binary search mispredicts about half of its 6 probes in a
+       node of 64 on random queries, or, made branch-free, waits on 6 loads in a row.) */
+    static inline int iotlb_lower(const uint64_t *a, int n, uint64_t s)
+    {
+        int b = 0, k, hi;
+        for (k = 7; k < n; k += 8) b += a[k] < s;
+        b *= 8;
+        hi = b + 8 < n ? b + 8 : n;
+        for (k = b; k < hi; k++) b += a[k] < s;
+        return b;
+    }
     """
     void iotlb_prefetch(const void *p, size_t n) noexcept nogil
+    int iotlb_lower(const uint64_t *a, int n, uint64_t s) noexcept nogil
     object iotlb_make_map(object type, uint64_t s, uint64_t l, uint64_t a, uint64_t p,
                           object ctx)
     # No automatic error check: callers test for (unsigned long)-1 + PyErr_Occurred().
@@ -114,6 +171,10 @@ cdef enum:
     IMIN = ICAP // 3        # likewise for inner nodes (ICAP >= 6 keeps it >= 2)
     LMERGE = LCAP - LCAP // 16  # under-full siblings merge when their total fits this,
     IMERGE = ICAP - ICAP // 8   # else even out (headroom: no split on the next insert)
+
+cdef enum:
+    PREFETCH_LEAVES = 256   # t_first prefetches whole nodes above this many leaves
+                            # (640 KiB of leaves: more than a core's L2)
 
 cdef uint64_t UMAX = 0xFFFFFFFFFFFFFFFF
 cdef uint64_t HALF_C = 0x8000000000000000
@@ -212,6 +273,7 @@ cdef inline Leaf *own_leaf(Tree *t, Leaf *f) noexcept:
     n = f.n
     g.n = n
     g.rc = 1
+    memcpy(g.pmax, f.pmax, n * sizeof(uint64_t))
     memcpy(g.start, f.start, n * sizeof(uint64_t))
     memcpy(g.last, f.last, n * sizeof(uint64_t))
     memcpy(g.addr, f.addr, n * sizeof(uint64_t))
@@ -232,6 +294,7 @@ cdef inline Inner *own_inner(Tree *t, Inner *x) noexcept:
     n = x.n
     y.n = n
     y.rc = 1
+    memcpy(y.pmax, x.pmax, n * sizeof(uint64_t))
     memcpy(y.child, x.child, n * sizeof(void *))
     memcpy(y.kstart, x.kstart, n * sizeof(uint64_t))
     memcpy(y.kseq, x.kseq, n * sizeof(uint64_t))
@@ -420,8 +483,51 @@ cdef inline void inner_agg(Inner *x, uint64_t *ml, uint64_t *sp) noexcept:
     sp[0] = s
 
 
+cdef inline void leaf_fix(Leaf *f, int i) noexcept:
+    # recompute f.pmax[i:] from last[i:] (pmax[:i] must be right): after entries were
+    # moved into f at slot i or later
+    cdef uint64_t m = f.pmax[i - 1] if i > 0 else 0
+    cdef int k
+    for k in range(i, f.n):
+        if f.last[k] > m:
+            m = f.last[k]
+        f.pmax[k] = m
+
+
+cdef inline void inner_fix(Inner *x, int j) noexcept:
+    # recompute x.pmax[j:] from maxlast[j:] (pmax[:j] must be right): after records
+    # were moved into x at j or later
+    cdef uint64_t m = x.pmax[j - 1] if j > 0 else 0
+    cdef int k
+    for k in range(j, x.n):
+        if x.maxlast[k] > m:
+            m = x.maxlast[k]
+        x.pmax[k] = m
+
+
+cdef inline void inner_settle(Inner *x, int j) noexcept:
+    # x.pmax after maxlast[j] changed in place (no record moved, pmax right for the old
+    # value): recompute from j until a prefix max comes out as it was, since every
+    # later one is then unchanged too
+    cdef uint64_t m = x.pmax[j - 1] if j > 0 else 0
+    cdef int k
+    for k in range(j, x.n):
+        if x.maxlast[k] > m:
+            m = x.maxlast[k]
+        if x.pmax[k] == m:
+            return
+        x.pmax[k] = m
+
+
 cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
-    # recompute x's record of child j (min key, max last, span) from the child (n >= 1)
+    # child j's record recomputed in place (no record moved): the record, then pmax
+    rec(x, j, clevel)
+    inner_settle(x, j)
+
+
+cdef inline void rec(Inner *x, int j, int clevel) noexcept:
+    # recompute x's record of child j (min key, max last, span) from the child (n >= 1);
+    # pmax is the caller's (refresh, or inner_fix after moving records)
     cdef Leaf *f
     cdef Inner *y
     if clevel == 0:
@@ -437,9 +543,12 @@ cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
 
 
 cdef inline void leaf_move(Leaf *d, int dp, Leaf *s, int sp, int cnt) noexcept:
-    # copy cnt slots s[sp:] to d[dp:] (overlap allowed); counts untouched
+    # copy cnt slots s[sp:] to d[dp:] (overlap allowed); counts untouched; pmax is
+    # copied verbatim: right only where d and s are the same leaf and nothing else
+    # changed (leaf_put, t_delete), else the caller runs leaf_fix
     if cnt <= 0:
         return
+    memmove(&d.pmax[dp], &s.pmax[sp], cnt * sizeof(uint64_t))
     memmove(&d.start[dp], &s.start[sp], cnt * sizeof(uint64_t))
     memmove(&d.last[dp], &s.last[sp], cnt * sizeof(uint64_t))
     memmove(&d.addr[dp], &s.addr[sp], cnt * sizeof(uint64_t))
@@ -447,9 +556,11 @@ cdef inline void leaf_move(Leaf *d, int dp, Leaf *s, int sp, int cnt) noexcept:
 
 
 cdef inline void inner_move(Inner *d, int dp, Inner *s, int sp, int cnt) noexcept:
-    # copy cnt child records s[sp:] to d[dp:] (overlap allowed); counts untouched
+    # copy cnt child records s[sp:] to d[dp:] (overlap allowed); counts untouched;
+    # pmax copied verbatim, the caller runs inner_fix
     if cnt <= 0:
         return
+    memmove(&d.pmax[dp], &s.pmax[sp], cnt * sizeof(uint64_t))
     memmove(&d.child[dp], &s.child[sp], cnt * sizeof(void *))
     memmove(&d.kstart[dp], &s.kstart[sp], cnt * sizeof(uint64_t))
     memmove(&d.kseq[dp], &s.kseq[sp], cnt * sizeof(uint64_t))
@@ -459,13 +570,22 @@ cdef inline void inner_move(Inner *d, int dp, Inner *s, int sp, int cnt) noexcep
 
 cdef inline void leaf_put(Leaf *f, int pos, uint64_t s, uint64_t l, uint64_t a,
                           uint64_t meta) noexcept:
-    # open slot pos in f (n < LCAP) and store the entry there
+    # open slot pos in f (n < LCAP) and store the entry there; f.pmax must be right
+    # before: the prefix maxima after pos become max(old, l), up to the first one
+    # already >= l
+    cdef uint64_t m = f.pmax[pos - 1] if pos > 0 else 0
+    cdef int k
     leaf_move(f, pos + 1, f, pos, f.n - pos)
     f.start[pos] = s
     f.last[pos] = l
     f.addr[pos] = a
     f.meta[pos] = meta
     f.n += 1
+    f.pmax[pos] = l if l > m else m
+    for k in range(pos + 1, f.n):
+        if f.pmax[k] >= l:
+            break
+        f.pmax[k] = l
 
 
 cdef inline void inner_put(Inner *x, int pos, void *c, int clevel) noexcept:
@@ -473,7 +593,8 @@ cdef inline void inner_put(Inner *x, int pos, void *c, int clevel) noexcept:
     inner_move(x, pos + 1, x, pos, x.n - pos)
     x.child[pos] = c
     x.n += 1
-    refresh(x, pos, clevel)
+    rec(x, pos, clevel)
+    inner_fix(x, pos)
 
 
 cdef inline int inner_route(Inner *x, uint64_t ks, uint64_t kq) noexcept:
@@ -547,10 +668,53 @@ cdef int find_rec(void *node, int level, uint64_t span, uint64_t s, uint64_t l,
     return 0
 
 
+cdef inline bint t_first(Tree *t, uint64_t s, uint64_t l, Path *p) noexcept:
+    # vhost_iotlb_itree_first: the first entry in key order with last >= s, if it
+    # starts at or below l (every later one starts no lower): one descent along the
+    # prefix maxima, no backtracking; fills p with its path
+    cdef void *node = t.root
+    cdef int level = t.height, j, i
+    cdef Inner *x
+    cdef Leaf *f
+    # a node out of cache costs one round trip to memory for all of its lines at once
+    # instead of two (the prefix maxima, then the slot they point at); in cache the
+    # prefetches are 40 wasted instructions a leaf
+    cdef bint big = t.nleaf > PREFETCH_LEAVES
+    if node == NULL or t.maxlast < s:
+        return False
+    while level > 0:
+        x = <Inner *>node
+        if big:
+            iotlb_prefetch(x.pmax, x.n * sizeof(uint64_t))
+            iotlb_prefetch(x.child, x.n * sizeof(void *))
+        j = iotlb_lower(x.pmax, x.n, s)   # child j holds it: the max before j is < s
+        if j >= x.n:                      # (only if the records were wrong)
+            return False
+        p.node[level] = x
+        p.idx[level] = j
+        node = x.child[j]
+        level -= 1
+    f = <Leaf *>node
+    if big:
+        iotlb_prefetch(f.pmax, f.n * sizeof(uint64_t))
+        iotlb_prefetch(f.start, f.n * sizeof(uint64_t))
+        iotlb_prefetch(f.last, f.n * sizeof(uint64_t))
+        iotlb_prefetch(f.addr, f.n * sizeof(uint64_t))
+        iotlb_prefetch(f.meta, f.n * sizeof(uint64_t))
+    i = iotlb_lower(f.pmax, f.n, s)
+    if i >= f.n or f.start[i] > l:
+        return False
+    p.leaf = f
+    p.slot = i
+    return True
+
+
 cdef inline bint t_find(Tree *t, uint64_t s, uint64_t l, uint64_t ls, uint64_t lq,
                         Path *p) noexcept:
     # vhost_iotlb_itree_first / _next: the first entry with key >= (ls, lq) overlapping
     # [s, l] (closed: start <= l and last >= s); fills p with its path
+    if ls == 0 and lq == 0:
+        return t_first(t, s, l, p)
     if t.root == NULL or t.maxlast < s:
         return False
     return find_rec(t.root, t.height, t.span, s, l, ls, lq, p) == 1
@@ -595,7 +759,7 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
     cdef Inner *z
     cdef Leaf *f
     cdef Leaf *r
-    cdef int level, j, pos, h
+    cdef int level, j, pos, h, k
     if t.root == NULL:
         f = take_leaf(t)
         f.n = 0
@@ -641,6 +805,7 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
             leaf_move(r, 0, f, h, LCAP - h)
             r.n = LCAP - h
             f.n = h
+            leaf_fix(r, 0)
             if pos <= h:
                 leaf_put(f, pos, s, l, a, meta)
             else:
@@ -655,6 +820,10 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
             changed = False
             if l > x.maxlast[j]:
                 x.maxlast[j] = l
+                k = j
+                while k < x.n and x.pmax[k] < l:   # prefix maxima: max(old, l)
+                    x.pmax[k] = l
+                    k += 1
                 changed = True
             if sp > x.span[j]:
                 x.span[j] = sp
@@ -678,12 +847,14 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
                     inner_move(y, 0, x, ICAP - 1, 1)
                     y.n = 1
                     x.n = ICAP - 1
+                    inner_fix(y, 0)
                     inner_put(y, 1, newc, level - 1)
                 else:
                     h = ICAP // 2
                     inner_move(y, 0, x, h, ICAP - h)
                     y.n = ICAP - h
                     x.n = h
+                    inner_fix(y, 0)
                     if j + 1 <= h:
                         inner_put(x, j + 1, newc, level - 1)
                     else:
@@ -695,8 +866,9 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
         z.n = 2
         z.child[0] = t.root
         z.child[1] = newc
-        refresh(z, 0, t.height)
-        refresh(z, 1, t.height)
+        rec(z, 0, t.height)
+        rec(z, 1, t.height)
+        inner_fix(z, 0)
         t.root = z
         t.height += 1
     if l > t.maxlast:
@@ -723,11 +895,14 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
         tot = fa.n + fb.n
         if tot <= LMERGE:
             leaf_move(fa, fa.n, fb, 0, fb.n)
+            k = fa.n
             fa.n = tot
+            leaf_fix(fa, k)
             give_leaf(t, fb)
             inner_move(x, b, x, b + 1, x.n - b - 1)
             x.n -= 1
-            refresh(x, a, 0)
+            rec(x, a, 0)
+            inner_fix(x, a)
             return
         k = tot // 2
         if fa.n > k:            # fa's tail moves to fb's front
@@ -740,6 +915,8 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
             leaf_move(fb, 0, fb, mv, fb.n - mv)
         fa.n = k
         fb.n = tot - k
+        leaf_fix(fa, 0)
+        leaf_fix(fb, 0)
     else:
         ya = own_inner(t, <Inner *>x.child[a])
         x.child[a] = ya
@@ -748,11 +925,14 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
         tot = ya.n + yb.n
         if tot <= IMERGE:
             inner_move(ya, ya.n, yb, 0, yb.n)
+            k = ya.n
             ya.n = tot
+            inner_fix(ya, k)
             give_inner(t, yb)
             inner_move(x, b, x, b + 1, x.n - b - 1)
             x.n -= 1
-            refresh(x, a, clevel)
+            rec(x, a, clevel)
+            inner_fix(x, a)
             return
         k = tot // 2
         if ya.n > k:
@@ -765,8 +945,11 @@ cdef void rebalance(Tree *t, Inner *x, int j, int clevel) noexcept:
             inner_move(yb, 0, yb, mv, yb.n - mv)
         ya.n = k
         yb.n = tot - k
-    refresh(x, a, clevel)
-    refresh(x, b, clevel)
+        inner_fix(ya, 0)
+        inner_fix(yb, 0)
+    rec(x, a, clevel)
+    rec(x, b, clevel)
+    inner_fix(x, a)
 
 
 cdef bint t_delete(Tree *t, Path *p) noexcept:
@@ -784,6 +967,13 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
     sp = l - s
     leaf_move(f, i, f, i + 1, f.n - i - 1)
     f.n -= 1
+    oml = f.pmax[i - 1] if i > 0 else 0    # the prefix maxima from i lose l: recompute
+    for j in range(i, f.n):                # until one comes out as it was
+        if f.last[j] > oml:
+            oml = f.last[j]
+        if f.pmax[j] == oml:
+            break
+        f.pmax[j] = oml
     t.count -= 1
     level = 1
     while level <= t.height:
@@ -951,6 +1141,7 @@ cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
             f.last[i] = e[k * LCAP + i].last
             f.addr[i] = e[k * LCAP + i].addr
             f.meta[i] = e[k * LCAP + i].meta
+        leaf_fix(f, 0)
     for lev in range(1, h + 1):          # inner levels: full, the last node has >= 2
         c = sizes[lev - 1]
         for q in range(sizes[lev]):
@@ -965,7 +1156,8 @@ cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
             x.rc = 1
             for j in range(x.n):
                 x.child[j] = allp[off[lev - 1] + lo + j]
-                refresh(x, j, lev - 1)
+                rec(x, j, lev - 1)
+            inner_fix(x, 0)
     t.root = allp[total - 1]
     t.height = h
     t.count = m
@@ -1980,6 +2172,7 @@ cdef int _chk_node(_Chk st, void *node, int level, bint rs, bint root, uint64_t 
                 st.ctx_seqs.add(q)
             if f.last[i] > m:
                 m = f.last[i]
+            _req(f.pmax[i] == m, "leaf prefix max")
             if f.last[i] - f.start[i] > s:
                 s = f.last[i] - f.start[i]
         st.count += n
@@ -2002,6 +2195,7 @@ cdef int _chk_node(_Chk st, void *node, int level, bint rs, bint root, uint64_t 
         _req(x.span[j] == csp, "child span record not exact")
         if cml > m:
             m = cml
+        _req(x.pmax[j] == m, "inner prefix max")
         if csp > s:
             s = csp
     ml[0] = m

@@ -787,3 +787,48 @@ def test_pure_twin_refuses_concurrent_mutation_instead_of_corrupting():
         th.join()
     t._check()                                  # consistent, whatever was refused
     assert t._owner is None and t._depth == 0
+
+
+# ------------------------------------------------------------ results the caller holds
+def test_a_held_map_never_changes_while_later_lookups_run(IOTLB):
+    # The compiled engine refills a Map in place when nothing but its spare slot holds
+    # it: a Map the caller still holds, in any number, keeps its values.
+    t = IOTLB()
+    for i in range(8):
+        t.map(i * 0x1000, i * 0x1000 + 0xFFF, 0x100000 + i, 1 + i % 3)
+    held = [t.first(i * 0x1000, i * 0x1000) for i in range(8)]
+    for _ in range(3):
+        for i in range(8):
+            m = t.first(i * 0x1000 + 5, i * 0x1000 + 5)
+            assert m == (i * 0x1000, i * 0x1000 + 0xFFF, 0x100000 + i, 1 + i % 3, None)
+            del m
+    assert held == [(i * 0x1000, i * 0x1000 + 0xFFF, 0x100000 + i, 1 + i % 3, None)
+                    for i in range(8)]
+    assert len({id(m) for m in held}) == 8
+    assert all(type(m) is Map for m in held)
+    # a dropped result, refilled, is an ordinary Map: hashable, comparable, unpackable
+    a = t.first(0, 0)
+    b = t.first(0x7000, 0x7000)
+    assert hash(a) == hash((0, 0xFFF, 0x100000, 1, None)) and a != b
+    s, l, addr, perm, ctx = b
+    assert (s, l, addr, perm, ctx) == (0x7000, 0x7FFF, 0x100007, 2, None)
+
+
+def test_a_map_with_ctx_is_not_kept_alive_by_the_engine(IOTLB):
+    # Only ctx-less Maps are ever kept for refilling: a ctx lives as long as the caller
+    # (and the tree) hold it, not longer.
+    class Ctx:
+        pass
+
+    t = IOTLB()
+    c = Ctx()
+    ref = weakref.ref(c)
+    t.map(0, 0xFFF, 0, ctx=c)
+    m = t.first(0, 0)
+    assert m.ctx is c
+    for _ in range(3):
+        assert t.first(0, 0).ctx is c
+    del c, m
+    t.unmap(0, 0xFFF)
+    gc.collect()
+    assert ref() is None

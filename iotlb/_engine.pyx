@@ -1172,7 +1172,7 @@ cdef int t_bulk(Tree *t, Ent *e, Py_ssize_t m) except -1:
 
 
 # ----------------------------------------------------------------------------- args
-cdef int _u64(object v, object name, uint64_t *out) except -1:
+cdef inline int _u64(object v, object name, uint64_t *out) except -1:
     # *out = v as a u64; non-ints and out-of-range values raise exactly as _map.u64
     cdef unsigned long r
     if PyLong_Check(v):

@@ -10,12 +10,16 @@ Layout (compare ``drivers/vhost/iotlb.c``):
   insertion counter, so equal starts iterate in insertion order, as the kernel's
   interval-tree insert walks right on ties.  Leaves hold up to ``LCAP`` entries as
   struct-of-arrays ``start[] last[] addr[] meta[]`` with
-  ``meta = seq << 9 | has_ctx << 8 | perm`` (32 bytes per slot).
+  ``meta = seq << 9 | has_ctx << 8 | perm``, plus ``pmax[]``, the running maximum of
+  ``last`` (40 bytes per slot).
 * Inner nodes keep, for each child, its minimum key, the maximum ``last`` in its
-  subtree (the kernel's ``__subtree_last`` augmentation, exact) and the maximum span
-  ``last - start`` in its subtree (exact).  ``first(s, l)`` is one descent: the answer
-  is the first entry, in key order, whose ``last >= s`` -- if it starts after ``l``
-  nothing overlaps -- and no overlapping entry starts below ``s - span``.
+  subtree (the kernel's ``__subtree_last`` augmentation, exact), the running maximum
+  of those (``pmax``) and the maximum span ``last - start`` in its subtree (exact).
+  ``first(s, l)`` is one descent: the answer is the first entry, in key order, whose
+  ``last >= s`` -- if it starts after ``l`` nothing overlaps -- and at every node that
+  is under the first ``pmax >= s`` (ascending, so found without backtracking).  A walk
+  that resumes after a key (``overlapping()``) uses the span instead: no overlapping
+  entry starts below ``s - span``.
 * ``ctx`` objects are the only per-entry Python references; they live in a side dict
   ``seq -> ctx`` and only entries with the ``has_ctx`` bit consult it.
 * The kernel's insertion-order ``list`` matters only for retirement; with

@@ -70,3 +70,38 @@ def test_deep_tree_random_unmaps_keep_invariants(IOTLB, seed):
     left = len(t)
     assert t.unmap() == left and len(t) == 0
     t._check()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_first_finds_a_wide_entry_far_left_of_the_query_across_leaves(IOTLB, seed):
+    # vhost_iotlb_itree_first returns the overlapping entry with the lowest start: a
+    # wide entry that starts many leaves (and inner nodes) to the left of the query
+    # beats every narrow one under the query.  Checked against a brute force on a
+    # tree of several levels, as entries come and go.
+    rng = random.Random(seed)
+    n = 20000 if IOTLB is not _pyengine.IOTLB else 3000
+    t = IOTLB()
+    live = []
+    for i in range(n):
+        t.map(i * 2 * PAGE, i * 2 * PAGE + PAGE - 1, i)
+        live.append((i * 2 * PAGE, i * 2 * PAGE + PAGE - 1, i))
+    for k in range(8):
+        s = rng.randrange(n) * 2 * PAGE + PAGE  # in a gap: after the narrow entry there
+        l = s + rng.randrange(1, n // 4) * 2 * PAGE
+        t.map(s, l, 10**9 + k)
+        live.append((s, l, 10**9 + k))
+    for step in range(400):
+        if step % 50 == 49:  # drop a wide one: the running maxima must come back down
+            victim = max((e for e in live if e[2] >= 10**9), key=lambda e: e[1] - e[0],
+                         default=None)
+            if victim is not None:
+                assert t.unmap(victim[0], victim[0]) >= 1
+                live = [e for e in live if not (e[0] <= victim[0] <= e[1])]
+                t._check()
+        a = rng.randrange(n * 2 * PAGE + PAGE)
+        b = a + rng.choice([0, 0, PAGE, 40 * PAGE])
+        order = sorted(live, key=lambda e: e[0])  # equal starts: none here
+        want = next(((s, l, x) for s, l, x in order if s <= b and l >= a), None)
+        got = t.first(a, b)
+        assert (None if got is None else tuple(got[:3])) == want, (step, a, b)
+    t._check()

@@ -487,26 +487,26 @@ cdef inline void inner_agg(Inner *x, uint64_t *ml, uint64_t *sp) noexcept:
     sp[0] = s
 
 
-cdef inline void leaf_fix(Leaf *f, int i) noexcept:
-    # recompute f.pmax[i:] from last[i:] (pmax[:i] must be right): after entries were
-    # moved into f at slot i or later
-    cdef uint64_t m = f.pmax[i - 1] if i > 0 else 0
+cdef inline void run_max(uint64_t *pm, const uint64_t *v, int i, int n) noexcept:
+    # pm[k] = max(v[0..k]) for k in i..n-1 (pm[:i] must be right)
+    cdef uint64_t m = pm[i - 1] if i > 0 else 0
     cdef int k
-    for k in range(i, f.n):
-        if f.last[k] > m:
-            m = f.last[k]
-        f.pmax[k] = m
+    for k in range(i, n):
+        if v[k] > m:
+            m = v[k]
+        pm[k] = m
+
+
+cdef inline void leaf_fix(Leaf *f, int i) noexcept:
+    # recompute f.pmax[i:] from last[i:]: after entries were moved into f at slot i
+    # or later
+    run_max(f.pmax, f.last, i, f.n)
 
 
 cdef inline void inner_fix(Inner *x, int j) noexcept:
-    # recompute x.pmax[j:] from maxlast[j:] (pmax[:j] must be right): after records
-    # were moved into x at j or later
-    cdef uint64_t m = x.pmax[j - 1] if j > 0 else 0
-    cdef int k
-    for k in range(j, x.n):
-        if x.maxlast[k] > m:
-            m = x.maxlast[k]
-        x.pmax[k] = m
+    # recompute x.pmax[j:] from maxlast[j:]: after records were moved into x at j or
+    # later
+    run_max(x.pmax, x.maxlast, j, x.n)
 
 
 cdef inline void inner_settle(Inner *x, int j) noexcept:

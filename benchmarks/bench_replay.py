@@ -2,6 +2,7 @@
 """Replay cost per parent, side by side in one run (issue 18).
 
     python benchmarks/bench_replay.py [--quick] [--json OUT] [--cli] [--vs PYTHON]
+        [--n N] [--repeats R] [--how write_many,write]
 
 Two message streams of unbatched 72-byte ``vhost_msg_v2`` records (PA mode, 4 KiB
 pages, AS 0), as a vIOMMU sends them:
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
                     est = estimate(r.run, parent, sname, n, budget)
                     if est > budget:
                         skip[(r.label, parent)] = est
-            for how in ("write_many", "write"):
+            for how in _arg(argv, "--how", "write_many,write").split(","):
                 times = {(r.label, p): None if (r.label, p) in skip else []
                          for r in runners for p in PARENTS}
                 for _ in range(repeats):

@@ -45,6 +45,8 @@ from iotlb import U64_MAX, IOTLBError, Perm
 from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend
 from iotlb.kernels import Since
 
+_IOTLB = iotlb.IOTLB
+
 __all__ = ["Mlx5", "MLX5_VDPA_NUM_AS", "DATAVQ_GROUP", "CVQ_GROUP", "DATAVQ_DESC_GROUP"]
 
 MLX5_VDPA_NUM_AS = 2
@@ -119,6 +121,7 @@ class Mlx5(Backend):
                  nvqs: int = 3, iova_range=(0, U64_MAX), umem_uid_0: bool = True,
                  desc_group=None, resume=None, kernel=None) -> None:
         self._options = (ngroups, desc_group, resume)
+        self._per_asid_memo = (None, False)
         super().__init__(nas=nas, ngroups=1 if ngroups is None else ngroups, nvqs=nvqs,
                          iova_range=iova_range, use_va=False, kernel=kernel)
         self.umem_uid_0 = bool(umem_uid_0)
@@ -168,6 +171,24 @@ class Mlx5(Backend):
         if self.umem_uid_0:
             self._create_dma_mr()
 
+    def _per_asid_mr(self) -> bool:
+        """``self.kernel in PER_ASID_MR``, asked per ``set_map``: remembered for the
+        bound profile object (a frozen :class:`~iotlb.kernels.KernelProfile`, so the
+        answer cannot change while it is the same object; an unbound backend asks
+        every time).
+
+        >>> Mlx5()._per_asid_mr(), Mlx5(kernel="6.1")._per_asid_mr()
+        (True, False)
+        """
+        k = self._kernel
+        memo = self._per_asid_memo
+        if k is not None and memo[0] is k:
+            return memo[1]
+        answer = self.kernel in PER_ASID_MR
+        if k is not None:
+            self._per_asid_memo = (k, answer)
+        return answer
+
     # ------------------------------------------------------------------ MR helpers
     @property
     def cvq_index(self) -> Optional[int]:
@@ -183,7 +204,8 @@ class Mlx5(Backend):
         Before :data:`PER_ASID_MR` the one data-vq MR is created / destroyed only
         for the AS the data group is bound to (``_mlx5_vdpa_create_dvq_mr``,
         ``_mlx5_vdpa_destroy_dvq_mr``)."""
-        if self.kernel in PER_ASID_MR:
+        k, memo = self._kernel, self._per_asid_memo            # _per_asid_mr(),
+        if memo[1] if k is not None and memo[0] is k else self._per_asid_mr():  # inline
             self._mr[asid] = mr
         elif self._group2asid[DATAVQ_GROUP] == asid:
             self._mr[DATAVQ_GROUP] = mr
@@ -191,7 +213,7 @@ class Mlx5(Backend):
     def _mr_of(self, asid: int) -> Optional[_MR]:
         """The MR of ``asid`` (6.1: the data-vq MR when the data group is bound to
         ``asid``)."""
-        if self.kernel in PER_ASID_MR:
+        if self._per_asid_mr():
             return self._mr[asid]
         if self._group2asid[DATAVQ_GROUP] == asid:
             return self._mr[DATAVQ_GROUP]
@@ -233,12 +255,16 @@ class Mlx5(Backend):
         1
         ('user', 1)
         """
-        self._check_op_asid("set_map", asid)
-        if self.kernel not in PER_ASID_MR:
+        if type(asid) is not int or not 0 <= asid < self.nas:
+            self._check_op_asid("set_map", asid)          # raises: asid >= nas EINVAL
+        k, memo = self._kernel, self._per_asid_memo            # _per_asid_mr(),
+        if not (memo[1] if k is not None and memo[0] is k else self._per_asid_mr()):
             self._set_map_single_mr(asid, iotlb_)
             return
-        if iotlb_.first(0, U64_MAX) is not None:
-            tlb = iotlb.IOTLB()
+        # non-empty: any entry in [0, ~0] (an IOTLB answers len() without a Map)
+        if (len(iotlb_) != 0 if type(iotlb_) is _IOTLB
+                else iotlb_.first(0, U64_MAX) is not None):
+            tlb = _IOTLB()
             _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
             new_mr: Optional[_MR] = _MR("user", tlb)
         else:

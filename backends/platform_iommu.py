@@ -36,10 +36,11 @@ def iommu_prot(perm: int) -> int:
     >>> [int(iommu_prot(p)) for p in (0, 1, 2, 3, 7)]
     [0, 1, 2, 3, 0]
     """
-    return _IOMMU_PROT.get(perm, Perm.NONE)
+    return _IOMMU_PROT.get(perm, _PERM_NONE)
 
 
 _IOMMU_PROT = {int(p): p for p in (Perm.RO, Perm.WO, Perm.RW)}  # a table: no enum call
+_PERM_NONE = Perm.NONE
 
 
 class PlatformIommu(Backend):
@@ -113,6 +114,16 @@ class PlatformIommu(Backend):
         self.domain_frees += 1
 
     def _check_range(self, op: str, iova: int, size: int, pa: int = 0) -> int:
+        """The checks ``iommu_map``/``iommu_unmap`` make before touching the domain,
+        with their diagnosis: no domain ENODEV; zero size, or iova/size/pa not
+        multiples of the IOMMU page size, EINVAL (``__iommu_map``/``__iommu_unmap``:
+        "unaligned"); ``iova + size - 1`` past 2**64 - 1 EINVAL.  Returns the last
+        IOVA.  The ops test the same in one comparison chain and call this only when
+        the chain fails (this then raises; it is the authority if the two disagree).
+
+        >>> d = PlatformIommu(); d.iommu_domain_alloc(); hex(d._check_range("x", 0x1000, 0x1000))
+        '0x1fff'
+        """
         if self._domain is None:
             raise IOTLBError(errno.ENODEV, f"{op}: no IOMMU domain attached")
         if size == 0 or (iova | size | pa) & (self.page_size - 1):
@@ -124,6 +135,11 @@ class PlatformIommu(Backend):
             raise IOTLBError(errno.EINVAL, f"{op}: iova {iova:#x} + size {size:#x} overflows")
         return last
 
+    #: The IOMMU driver's own refusal of a mapping's protection, run by
+    #: :meth:`iommu_map` after the range checks and before the overlap check (None:
+    #: the generic domain refuses none; VT-d: :func:`~iotlb_backends.vp_vdpa.intel_map_prot_check`).
+    map_prot_check = None
+
     def iommu_map(self, iova: int, size: int, pa: int, perm: int) -> None:
         """``iommu_map(domain, iova, pa, size, perm_to_iommu_flags(perm))``: unaligned
         or zero size is EINVAL, an already-mapped IOVA EEXIST, no domain ENODEV.
@@ -134,10 +150,16 @@ class PlatformIommu(Backend):
         ...
         iotlb.errors.IOTLBError: [EEXIST] iommu_map: [0x0, 0xfff] is already mapped
         """
-        last = self._check_range("iommu_map", iova, size, pa)
-        if self._domain.first(iova, last) is not None:
+        domain = self._domain
+        if domain is None or not size or (iova | size | pa) & (self.page_size - 1) \
+                or (last := iova + size - 1) > U64_MAX:
+            last = self._check_range("iommu_map", iova, size, pa)       # raises
+        check = self.map_prot_check
+        if check is not None:
+            check(perm)
+        if domain.first(iova, last) is not None:
             raise IOTLBError(errno.EEXIST, f"iommu_map: [{iova:#x}, {last:#x}] is already mapped")
-        self._domain.map(iova, last, pa, iommu_prot(perm))
+        domain.map(iova, last, pa, iommu_prot(perm))
 
     def iommu_unmap(self, iova: int, size: int) -> int:
         """``iommu_unmap(domain, iova, size)``: drops what is mapped in the range and
@@ -147,11 +169,22 @@ class PlatformIommu(Backend):
         >>> d = PlatformIommu(); d.iommu_domain_alloc(); d.iommu_unmap(0, 0x1000)
         0
         """
-        last = self._check_range("iommu_unmap", iova, size)
-        gone = 0
-        for m in self._domain.overlapping(iova, last):
-            gone += m[1] - m[0] + 1                  # Map: (start, last, ...)
-        self._domain.unmap(iova, last)
+        domain = self._domain
+        if domain is None or not size or (iova | size) & (self.page_size - 1) \
+                or (last := iova + size - 1) > U64_MAX:
+            last = self._check_range("iommu_unmap", iova, size)          # raises
+        m = domain.first(iova, last)
+        if m is None:
+            return 0                                 # nothing mapped there
+        if m[1] >= last:
+            # the domain's mappings never overlap (iommu_map refuses an overlap with
+            # EEXIST), so the lowest one, reaching past ``last``, is the only one
+            gone = m[1] - m[0] + 1                   # Map: (start, last, ...)
+        else:
+            gone = 0
+            for m in domain.overlapping(iova, last):
+                gone += m[1] - m[0] + 1
+        domain.unmap(iova, last)
         return gone
 
     # ------------------------------------------------------------------ ops

@@ -378,7 +378,8 @@ class VdpaSimSetMap(VdpaSim):
         1
         1
         """
-        self._check_op_asid("set_map", asid)
+        if type(asid) is not int or not 0 <= asid < self.nas:
+            self._check_op_asid("set_map", asid)          # raises: asid >= nas EINVAL
         self._pt[asid] = False
         copy_iotlb(self._iommu[asid], iotlb_)
 
@@ -401,7 +402,8 @@ class VdpaSimDmaMap(VdpaSim):
         >>> [(hex(m.start), hex(m.last)) for m in b.device_iotlb(0)]
         [('0x1000', '0x1fff')]
         """
-        self._check_op_asid("dma_map", asid)
+        if type(asid) is not int or not 0 <= asid < self.nas:
+            self._check_op_asid("dma_map", asid)          # raises: asid >= nas EINVAL
         tlb = self._iommu[asid]
         if self._pt[asid]:
             tlb.unmap()
@@ -417,7 +419,8 @@ class VdpaSimDmaMap(VdpaSim):
         >>> b.dma_unmap(0, 0x1000, 0x1000); len(b.device_iotlb(0)), b.iommu_pt(0)
         (0, False)
         """
-        self._check_op_asid("dma_unmap", asid)
+        if type(asid) is not int or not 0 <= asid < self.nas:
+            self._check_op_asid("dma_unmap", asid)          # raises: asid >= nas EINVAL
         tlb = self._iommu[asid]
         if self._pt[asid]:
             tlb.unmap()

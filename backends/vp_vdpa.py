@@ -60,7 +60,7 @@ def intel_map_prot_check(perm: int) -> None:
     ...
     iotlb.errors.IOTLBError: [EINVAL] iommu_map: perm 0x4 gives neither IOMMU_READ nor IOMMU_WRITE (intel-iommu refuses it)
     """
-    if iommu_prot(perm) == Perm.NONE:
+    if iommu_prot(perm) is Perm.NONE:               # a member of Perm, always
         raise IOTLBError(errno.EINVAL, f"iommu_map: perm {perm:#x} gives neither "
                          "IOMMU_READ nor IOMMU_WRITE (intel-iommu refuses it)")
 
@@ -86,13 +86,10 @@ class VpVdpa(PlatformIommu):
         super().__init__(nas=nas, ngroups=ngroups, nvqs=nvqs, iova_range=iova_range,
                          page_size=page_size)
 
-    def iommu_map(self, iova: int, size: int, pa: int, perm: int) -> None:
-        """``iommu_map`` on a VT-d domain: :func:`intel_map_prot_check` after the
-        generic checks of :meth:`PlatformIommu.iommu_map` (alignment, overlap)
-        would pass; nothing is mapped on failure."""
-        self._check_range("iommu_map", iova, size, pa)
-        intel_map_prot_check(perm)
-        super().iommu_map(iova, size, pa, perm)
+    #: ``iommu_map`` on a VT-d domain: :func:`intel_map_prot_check` once the generic
+    #: range checks of :meth:`PlatformIommu.iommu_map` pass, before its overlap
+    #: check; nothing is mapped on failure.
+    map_prot_check = staticmethod(intel_map_prot_check)
 
 
 class Snet(VpVdpa):

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Replay cost per parent, side by side in one run (issue 18).
 
-    python benchmarks/bench_replay.py [--quick] [--json OUT] [--cli]
+    python benchmarks/bench_replay.py [--quick] [--json OUT] [--cli] [--vs PYTHON]
+        [--n N] [--repeats R] [--how write_many,write]
 
 Two message streams of unbatched 72-byte ``vhost_msg_v2`` records (PA mode, 4 KiB
 pages, AS 0), as a vIOMMU sends them:
@@ -13,11 +14,19 @@ pages, AS 0), as a vIOMMU sends them:
   ``VhostVdpa(max_iotlb_entries=M)``) so nothing fails.
 
 Each is sent through ``VhostVdpa.write_many`` (one buffer) and through
-``VhostVdpa.write`` (one call per record), on every built-in parent: vdpa_sim with
-``set_map`` (the default op table) and with ``dma_map``, mlx5 (``set_map``) and
-platform_iommu.  Times are this process's CPU time; every contender runs the same
-records, interleaved repeat by repeat; the ratio column is the time over
-platform_iommu's.  ``--cli`` also times ``iotlb replay FILE`` as a subprocess (the
+``VhostVdpa.write`` (one call per record), on every built-in parent (the entry points
+of ``iotlb.backends``: :data:`BUILTIN`): vdpa_sim with ``set_map`` (the default op
+table) and with ``dma_map``, mlx5 (``set_map``), vduse (``set_map``, VA mode),
+platform_iommu, vp_vdpa and snet (platform IOMMU, VT-d).  Times are CPU time; every
+contender runs the same records, interleaved repeat by repeat; the ratio column is
+the time over platform_iommu's.
+
+``--vs PYTHON`` times two builds side by side in one run: this script runs in two
+worker processes, one with ``PYTHON`` (e.g. the venv of a checkout of the commit
+before a change) and one with this interpreter, and every measurement is made in
+both, interleaved (same records, same order); the tables then give both times and
+their ratio (now over before).  Each worker reports its own CPU time of the
+measured call only.  ``--cli`` also times ``iotlb replay FILE`` as a subprocess (the
 children's CPU time and peak RSS) on the churn trace for vdpa_sim and
 platform_iommu (the CLI cannot raise vhost_vdpa's own limit, so no fill run there).
 
@@ -73,14 +82,24 @@ PARENTS = {
     "vdpa_sim set_map": ("vdpa_sim", {"use_va": False}),
     "vdpa_sim dma_map": ("vdpa_sim", {"use_va": False, "batch_mapping": False}),
     "mlx5 set_map": ("mlx5", {}),
+    "vduse set_map": ("vduse", {}),
     "platform_iommu": ("platform_iommu", {}),
+    "vp_vdpa": ("vp_vdpa", {}),
+    "snet": ("snet", {}),
 }
+
+#: the built-in parents (pyproject's ``iotlb.backends`` entry points): each must
+#: be measured (main() refuses to run when one is missing from PARENTS)
+BUILTIN = ("platform_iommu", "vdpa_sim", "mlx5", "vduse", "vp_vdpa", "snet")
+#: parents with their own entry limit (module parameter ``max_iotlb_entries``),
+#: raised with vhost_vdpa's for the fill stream
+OWN_LIMIT = ("vdpa_sim", "vduse")
 
 
 def make_device(parent: str, limit: int) -> VhostVdpa:
     name, options = PARENTS[parent]
     options = dict(options)
-    if name == "vdpa_sim" and limit > 2048:
+    if name in OWN_LIMIT and limit > 2048:
         options["max_iotlb_entries"] = limit
     dev = VhostVdpa(iotlb.load_backend(name, **options),
                     max_iotlb_entries=max(limit, 2048))
@@ -110,23 +129,81 @@ def run_once(parent: str, records: bytes, limit: int, how: str) -> float:
     return dt
 
 
-def estimate(parent: str, records: bytes, limit: int, budget: float) -> float:
+def estimate(run, parent: str, stream: str, n: int, budget: float) -> float:
     """Estimated seconds for the whole stream from prefixes of 1/1000, 1/100, 1/10
     of it: the growth between two prefixes gives the exponent (1: constant cost
     per message, 2: a cost per message that grows with the entries), clamped to
     [1, 2]; stops as soon as the estimate leaves the budget."""
-    n = len(records) // 72
     prev = None
     est = 0.0
     for div in (1000, 100, 10):
         k = max(1, n // div)
-        t = max(run_once(parent, records[:k * 72], limit, "write_many"), 1e-6)
+        t = max(run(parent, stream, k, "write_many"), 1e-6)
         e = 1.0 if prev is None else min(2.0, max(1.0, math.log10(t / prev)))
         est = t * (n / k) ** e
         if est > budget:
             return est
         prev = t
     return est
+
+
+class Local:
+    """Measures in this process."""
+
+    label = "now"
+
+    def __init__(self, streams: dict) -> None:
+        self.streams = streams
+
+    def run(self, parent: str, stream: str, k: int, how: str) -> float:
+        records, limit = self.streams[stream]
+        return run_once(parent, records[:k * 72], limit, how)
+
+    def close(self) -> None:
+        pass
+
+
+class Worker:
+    """This script in another process (``--worker``), run by ``python``: the same
+    streams, one measurement per request line, CPU time of that process."""
+
+    def __init__(self, python: str, label: str, n: int) -> None:
+        self.label = label
+        self.python = python
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker", str(n)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        hello = json.loads(self.proc.stdout.readline())
+        self.engine = hello["engine"]
+
+    def run(self, parent: str, stream: str, k: int, how: str) -> float:
+        self.proc.stdin.write(json.dumps([parent, stream, k, how]) + "\n")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.python} died")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"worker {self.python}: {answer['error']}")
+        return answer["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def worker(n: int) -> int:
+    """``--worker N``: answer ``[parent, stream, k, how]`` lines with the CPU seconds
+    of the first k records of the stream (N messages)."""
+    streams = {"churn": (churn_records(n), 2048), "fill": (fill_records(n), n)}
+    local = Local(streams)
+    print(json.dumps({"engine": iotlb.IMPLEMENTATION}), flush=True)
+    for line in sys.stdin:
+        parent, stream, k, how = json.loads(line)
+        try:
+            print(json.dumps({"seconds": local.run(parent, stream, k, how)}), flush=True)
+        except Exception as e:                       # reported, not hidden
+            print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
+    return 0
 
 
 def cli_once(parent: str, path: str) -> tuple:
@@ -147,45 +224,83 @@ def cli_once(parent: str, path: str) -> tuple:
     return ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
+def _arg(argv, name, default=None):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _median(ts):
+    return sorted(ts)[len(ts) // 2]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--worker" in argv:
+        return worker(int(_arg(argv, "--worker")))
+    missing = [b for b in BUILTIN if b not in {name for name, _ in PARENTS.values()}]
+    if missing:
+        raise SystemExit(f"bench_replay: built-in parents not measured: {missing}")
     quick = "--quick" in argv
-    n = 100_000 if quick else 1_000_000
-    repeats = 1 if not quick else 3
+    n = int(_arg(argv, "--n", 100_000 if quick else 1_000_000))
+    repeats = int(_arg(argv, "--repeats", 1 if not quick else 3))
     budget = float(os.environ.get("IOTLB_BENCH_BUDGET", 120))
-    out_json = argv[argv.index("--json") + 1] if "--json" in argv else None
+    out_json = _arg(argv, "--json")
+    vs = _arg(argv, "--vs")
     print(f"engine {iotlb.IMPLEMENTATION}; {n:,} unbatched messages per stream; "
           f"CPU time, median of {repeats}")
     streams = {"churn": (churn_records(n), 2048),
                "fill": (fill_records(n), n)}
+    if vs:
+        runners = [Worker(vs, "before", n), Worker(sys.executable, "now", n)]
+        for r in runners:
+            print(f"  {r.label}: {r.python} (engine {r.engine})")
+    else:
+        runners = [Local(streams)]
     results = {}
-    for sname, (records, limit) in streams.items():
-        skip = {}
-        for parent in PARENTS:
-            est = estimate(parent, records, limit, budget)
-            if est > budget:
-                skip[parent] = est
-        for how in ("write_many", "write"):
-            times = {p: None if p in skip else [] for p in PARENTS}
-            for _ in range(repeats):
+    try:
+        for sname, (records, limit) in streams.items():
+            skip = {}
+            for parent in PARENTS:
+                for r in runners:
+                    est = estimate(r.run, parent, sname, n, budget)
+                    if est > budget:
+                        skip[(r.label, parent)] = est
+            for how in _arg(argv, "--how", "write_many,write").split(","):
+                times = {(r.label, p): None if (r.label, p) in skip else []
+                         for r in runners for p in PARENTS}
+                for _ in range(repeats):
+                    for parent in PARENTS:
+                        for r in runners:
+                            if times[(r.label, parent)] is not None:
+                                times[(r.label, parent)].append(r.run(parent, sname, n, how))
+                print(f"\n{sname} ({'limit ' + format(limit, ',')}), {how}:")
+                head = "".join(f" {r.label + ' s':>9} {r.label + ' M/s':>9} {'vs pl.':>7}"
+                               for r in runners)
+                print(f"  {'parent':18}{head}" + ("  now/before" if vs else ""))
                 for parent in PARENTS:
-                    if times[parent] is None:
-                        continue
-                    times[parent].append(run_once(parent, records, limit, how))
-            base = sorted(times["platform_iommu"])[len(times["platform_iommu"]) // 2]
-            print(f"\n{sname} ({'limit ' + format(limit, ',')}), {how}:")
-            print(f"  {'parent':18} {'seconds':>9} {'msg/s':>12} {'vs platform_iommu':>18}")
-            for parent, ts in times.items():
-                if ts is None:
-                    print(f"  {parent:18} skipped: est. {skip[parent]:,.0f} s > "
-                          f"{budget:.0f} s budget")
-                    results[f"{sname}/{how}/{parent}"] = None
-                    continue
-                med = sorted(ts)[len(ts) // 2]
-                rate = (len(records) // 72) / med
-                print(f"  {parent:18} {med:9.3f} {rate:12,.0f} {med / base:17.2f}x")
-                results[f"{sname}/{how}/{parent}"] = {"seconds": med, "msgs_per_s": rate,
-                                                      "vs_platform": med / base}
+                    row = f"  {parent:18}"
+                    meds = {}
+                    for r in runners:
+                        ts = times[(r.label, parent)]
+                        key = f"{sname}/{how}/{parent}" + ("" if not vs else f"/{r.label}")
+                        base = times[(r.label, "platform_iommu")]
+                        if ts is None:
+                            row += f" skipped: est. {skip[(r.label, parent)]:,.0f} s".ljust(27)
+                            results[key] = None
+                            continue
+                        med = meds[r.label] = _median(ts)
+                        rate = n / med
+                        vs_pl = med / _median(base) if base else float("nan")
+                        row += f" {med:9.3f} {rate / 1e6:9.3f} {vs_pl:6.2f}x"
+                        results[key] = {"seconds": med, "msgs_per_s": rate,
+                                        "vs_platform": vs_pl, "all": ts}
+                    if vs and len(meds) == 2:
+                        row += f"  {meds['now'] / meds['before']:9.2f}x"
+                        results[f"{sname}/{how}/{parent}/now_over_before"] = \
+                            meds["now"] / meds["before"]
+                    print(row, flush=True)
+    finally:
+        for r in runners:
+            r.close()
     if "--cli" in argv:
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "churn.bin")

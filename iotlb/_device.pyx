@@ -37,8 +37,9 @@ tree unchanged (the parent's op, a finalizer or another thread may change it).
 """
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.string cimport memset
@@ -367,18 +368,34 @@ cdef class MemoryCore:
             refs = self._files[owner] = _Counter()
         else:
             refs = <object>found
-        refs[file] = refs.get(file, 0) + 1
+        if type(refs) is _Counter:
+            # a Counter's own __delitem__ routes every item store through the slow
+            # slot; Counter keeps dict's __setitem__ and get, so call them directly
+            found = PyDict_GetItem(refs, file)
+            PyDict_SetItem(refs, file, 1 if found == NULL else <object>found + 1)
+        else:
+            refs[file] = refs.get(file, 0) + 1
 
     cpdef _file_put(self, owner, file):
         """Drop a reference ``owner`` holds on ``file`` (``fput``); AssertionError
         if it holds none."""
         cdef PyObject *found = PyDict_GetItem(self._files, owner)
         refs = <object>found if found != NULL else None
-        count = refs.get(file, 0) if refs is not None else 0
+        if type(refs) is _Counter and PyDict_GetItem(refs, file) != NULL:
+            count = <object>PyDict_GetItem(refs, file)      # held: dict's get
+        else:
+            count = refs.get(file, 0) if refs is not None else 0
         if count <= 0:
             raise AssertionError(f"fput of a file {owner!r} holds no reference to: "
                                  f"{file!r}")
-        if count == 1:
+        if type(refs) is _Counter:
+            # dict's own item store and delete: what Counter's resolve to for a key
+            # that is there (see _file_get)
+            if count == 1:
+                PyDict_DelItem(refs, file)
+            else:
+                PyDict_SetItem(refs, file, count - 1)
+        elif count == 1:
             del refs[file]
         else:
             refs[file] = count - 1
@@ -393,6 +410,25 @@ cdef inline PinLedger _ledger(MemoryCore mem, object owner):
     if book == NULL or type(<object>book) is not PinLedger:
         return None
     return <PinLedger>book
+
+
+cdef inline int _count_dirty(dict d, uint64_t pfn, uint64_t n) except -1:
+    # d[(pfn, n)] = d.get((pfn, n), 0) + 1 (UserMemory.unpin's record), one lookup
+    # through the C API; the key, a tuple of two ints, can be in no reference cycle:
+    # untracked, as the collector itself would untrack it at its first pass, so the
+    # record of every page ever dirtied costs the collector nothing
+    cdef object key
+    cdef PyObject *found
+    if d is None:                     # as UserMemory.unpin's d.get on None
+        raise AttributeError("'NoneType' object has no attribute 'get'")
+    key = (pfn, n)
+    found = PyDict_GetItem(d, key)
+    PyObject_GC_UnTrack(<void *>key)
+    if found == NULL:
+        d[key] = 1
+    else:
+        d[key] = <object>found + 1
+    return 0
 
 
 # ----------------------------------------------------------------------------- device
@@ -589,7 +625,10 @@ cdef class DeviceCore:
         if use_va:
             # get_file on the implicit mapping: file DEFAULT_FILE, offset = uaddr
             mem._file_get(self, f)
-            opaque = tuple.__new__(_mapfile_type(), (f, uaddr))
+            # tuple.__new__(MapFile, (f, uaddr)), through the slot: no method lookup
+            args = ((f, uaddr),)
+            opaque = (<PyTypeObject *>tuple).tp_new(_mapfile_type(), <PyObject *>args,
+                                                    NULL)
             if type(f) is str:
                 # a (str, int) record can be in no reference cycle: untrack it, as
                 # CPython untracks plain tuples of atomic items (a MapFile, a tuple
@@ -678,9 +717,7 @@ cdef class DeviceCore:
                 if writable:
                     mem.dirtied_pages += n
                     if mem.record_dirty:
-                        d = mem.dirtied
-                        dk = (m_addr >> self._shift, n)
-                        d[dk] = d.get(dk, 0) + 1
+                        _count_dirty(mem.dirtied, m_addr >> self._shift, n)
                 self._pinned -= <long long>n
             if dev_unmap is not None:
                 try:

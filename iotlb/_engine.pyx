@@ -529,6 +529,57 @@ cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
     inner_settle(x, j)
 
 
+cdef inline uint64_t node_maxlast(void *node, int level) noexcept:
+    # the max last of node's subtree (n >= 1): its last prefix max
+    if level == 0:
+        return (<Leaf *>node).pmax[(<Leaf *>node).n - 1]
+    return (<Inner *>node).pmax[(<Inner *>node).n - 1]
+
+
+cdef inline uint64_t span_after_loss(void *node, int level, uint64_t old,
+                                     uint64_t lost) noexcept:
+    # the max span of node's subtree (n >= 1), which was old before the subtree lost
+    # one entry of span lost: unchanged unless that was the widest, and then unchanged
+    # if another as wide is left (found early in a churn of equal sizes)
+    cdef Leaf *f
+    cdef Inner *y
+    cdef uint64_t m = 0, d
+    cdef int k
+    if old != lost:
+        return old
+    if level == 0:
+        f = <Leaf *>node
+        for k in range(f.n):
+            d = f.last[k] - f.start[k]
+            if d == lost:
+                return lost
+            if d > m:
+                m = d
+        return m
+    y = <Inner *>node
+    for k in range(y.n):
+        if y.span[k] == lost:
+            return lost
+        if y.span[k] > m:
+            m = y.span[k]
+    return m
+
+
+cdef inline void rec_after_loss(Inner *x, int j, int clevel, uint64_t lost) noexcept:
+    # as refresh, for a child (n >= 1) that lost one entry of span lost and nothing
+    # else: the key and max last in O(1), the span by span_after_loss, then pmax
+    cdef void *c = x.child[j]
+    if clevel == 0:
+        x.kstart[j] = (<Leaf *>c).start[0]
+        x.kseq[j] = (<Leaf *>c).meta[0] >> 9
+    else:
+        x.kstart[j] = (<Inner *>c).kstart[0]
+        x.kseq[j] = (<Inner *>c).kseq[0]
+    x.maxlast[j] = node_maxlast(c, clevel)
+    x.span[j] = span_after_loss(c, clevel, x.span[j], lost)
+    inner_settle(x, j)
+
+
 cdef inline void rec(Inner *x, int j, int clevel) noexcept:
     # recompute x's record of child j (min key, max last, span) from the child (n >= 1);
     # pmax is the caller's (refresh, or inner_fix after moving records)
@@ -993,7 +1044,7 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
                 okq = x.kseq[j]
                 oml = x.maxlast[j]
                 osp = x.span[j]
-                refresh(x, j, level - 1)
+                rec_after_loss(x, j, level - 1, sp)
                 dirty = (oks != x.kstart[j] or okq != x.kseq[j] or oml != x.maxlast[j]
                          or osp != x.span[j])
         if cn < (LMIN if level == 1 else IMIN):
@@ -1011,7 +1062,8 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
             t.span = 0
             return False
         if t.maxlast == l or t.span == sp:
-            leaf_agg(f, &t.maxlast, &t.span)
+            t.maxlast = node_maxlast(f, 0)
+            t.span = span_after_loss(f, 0, t.span, sp)
         return True
     x = <Inner *>t.root
     while t.height > 0 and x.n == 1:
@@ -1021,10 +1073,8 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
         intact = False        # p's levels no longer match the tree
         x = <Inner *>t.root
     if t.maxlast == l or t.span == sp:
-        if t.height == 0:
-            leaf_agg(<Leaf *>t.root, &t.maxlast, &t.span)
-        else:
-            inner_agg(<Inner *>t.root, &t.maxlast, &t.span)
+        t.maxlast = node_maxlast(t.root, t.height)
+        t.span = span_after_loss(t.root, t.height, t.span, sp)
     return intact
 
 

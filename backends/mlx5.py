@@ -204,8 +204,7 @@ class Mlx5(Backend):
         Before :data:`PER_ASID_MR` the one data-vq MR is created / destroyed only
         for the AS the data group is bound to (``_mlx5_vdpa_create_dvq_mr``,
         ``_mlx5_vdpa_destroy_dvq_mr``)."""
-        k, memo = self._kernel, self._per_asid_memo            # _per_asid_mr(),
-        if memo[1] if k is not None and memo[0] is k else self._per_asid_mr():  # inline
+        if self._per_asid_mr():
             self._mr[asid] = mr
         elif self._group2asid[DATAVQ_GROUP] == asid:
             self._mr[DATAVQ_GROUP] = mr
@@ -257,8 +256,7 @@ class Mlx5(Backend):
         """
         if type(asid) is not int or not 0 <= asid < self.nas:
             self._check_op_asid("set_map", asid)          # raises: asid >= nas EINVAL
-        k, memo = self._kernel, self._per_asid_memo            # _per_asid_mr(),
-        if not (memo[1] if k is not None and memo[0] is k else self._per_asid_mr()):
+        if not self._per_asid_mr():
             self._set_map_single_mr(asid, iotlb_)
             return
         # non-empty: any entry in [0, ~0] (an IOTLB answers len() without a Map)

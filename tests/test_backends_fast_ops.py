@@ -246,3 +246,31 @@ def test_file_references_keep_counter_semantics():
     assert type(mem._files["e"]) is Tally and mem._files["e"] == Counter({"f": 1})
     mem._file_put("e", "f")
     assert "f" not in mem._files["e"]
+
+
+@pytest.mark.parametrize("cls", [PlatformIommu, VpVdpa])
+@pytest.mark.parametrize("iova,size,pa", [
+    (0, PAGE, 0), (iotlb.U64_MAX - 0xfff, PAGE, 0), (iotlb.U64_MAX - 0x1fff, 2 * PAGE, PAGE),
+    (PAGE, PAGE, iotlb.U64_MAX - 0xfff), (0x1001, PAGE, 0), (PAGE, 0, 0), (PAGE, PAGE, 0x10),
+    (iotlb.U64_MAX - 0xfff, 2 * PAGE, 0)])
+def test_iommu_range_chain_agrees_with_check_range(cls, iova, size, pa):
+    """The ops' one-line range test and _check_range (the authority) accept and refuse
+    the same ranges, the last IOVA included: a map that passes the chain lands at
+    [iova, iova + size - 1], one that fails it raises _check_range's error."""
+    d = cls()
+    d.iommu_domain_alloc()
+    try:
+        last = d._check_range("iommu_map", iova, size, pa)
+    except IOTLBError as exc:
+        want = exc.errno
+    else:
+        want = None
+    try:
+        d.iommu_map(iova, size, pa, 3)
+    except IOTLBError as exc:
+        assert exc.errno == want
+        assert len(d.device_iotlb(0)) == 0
+    else:
+        assert want is None
+        assert [(m.start, m.last) for m in d.device_iotlb(0)] == [(iova, last)]
+        assert d.iommu_unmap(iova, size) == size

@@ -239,6 +239,18 @@ def write_doc(path: Path, table: str) -> None:
     path.write_text(before + DOC_BEGIN + "\n" + table + DOC_END + after)
 
 
+def add_run_args(ap, json_help: str) -> None:
+    """The options every corpus run in a guest takes (this script, vduse_run.py,
+    vp_vdpa_run.py): --corpus, --venv, --json, --timeout, --max-diffs."""
+    ap.add_argument("--corpus", action="append",
+                    help="traces or directories (default: tests/corpus)")
+    ap.add_argument("--venv", default=str(ROOT / ".venv"),
+                    help="the venv with iotlb installed (default: %(default)s)")
+    ap.add_argument("--json", metavar="FILE", help=json_help)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per boot")
+    ap.add_argument("--max-diffs", type=int, default=8)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", default=",".join(DEFAULT_KERNELS),
@@ -246,15 +258,9 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="all",
                     help=f"comma-separated of {', '.join(CONFIGS)} or all (b=batch_mapping, "
                          "v=use_va)")
-    ap.add_argument("--corpus", action="append",
-                    help="traces or directories (default: tests/corpus)")
-    ap.add_argument("--venv", default=str(ROOT / ".venv"),
-                    help="the venv with iotlb installed (default: %(default)s)")
+    add_run_args(ap, json_help="write every cell's result as JSON")
     ap.add_argument("--record", metavar="DIR", help="keep the traces with the kernel's answers")
     ap.add_argument("--doc", metavar="FILE", help="rewrite the results table in FILE")
-    ap.add_argument("--json", metavar="FILE", help="write every cell's result as JSON")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per boot")
-    ap.add_argument("--max-diffs", type=int, default=8)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="guests booted at once (default: the number of CPUs)")
     args = ap.parse_args(argv)

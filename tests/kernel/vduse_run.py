@@ -36,7 +36,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import lab  # noqa: E402
-from conformance import _q, print_result  # noqa: E402
+from conformance import _q, add_run_args, print_result  # noqa: E402
 
 
 def parents_dir(key: str, version: str) -> Path:
@@ -103,11 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--nas", type=int, default=1)
     ap.add_argument("--ngroups", type=int, default=1)
     ap.add_argument("--vq-groups", default="0,0")
-    ap.add_argument("--corpus", action="append", help="traces or directories (default: tests/corpus)")
-    ap.add_argument("--venv", default=str(ROOT / ".venv"))
-    ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--max-diffs", type=int, default=8)
-    ap.add_argument("--json", metavar="FILE", help="keep the conform JSON here")
+    add_run_args(ap, json_help="keep the conform JSON here")
     ap.add_argument("--domain-check", action="store_true",
                     help="also read the device's domain back (VDUSE_IOTLB_GET_FD) before "
                          "every op and compare it with the model's device_iotlb")

@@ -43,7 +43,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import lab  # noqa: E402
-from conformance import _q  # noqa: E402
+from conformance import _q, add_run_args  # noqa: E402
 
 NET_ADDR = "0x10"                 # PCI slot of the virtio-net function on q35's root bus
 NET_BDF = "0000:00:10.0"
@@ -96,11 +96,7 @@ def guest_job(conform: list, result: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", default="7.2", choices=["6.12", "7.2"])
-    ap.add_argument("--corpus", action="append", help="traces or directories (default: tests/corpus)")
-    ap.add_argument("--venv", default=str(ROOT / ".venv"))
-    ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--max-diffs", type=int, default=8)
-    ap.add_argument("--json", metavar="FILE", help="keep the conform JSON here")
+    add_run_args(ap, json_help="keep the conform JSON here")
     ap.add_argument("--backend", default="vp_vdpa",
                     help="the model's parent (default: %(default)s; platform_iommu is the "
                          "IOMMU-agnostic control, which must differ on odd perms)")

@@ -497,6 +497,30 @@ cdef inline void run_max(uint64_t *pm, const uint64_t *v, int i, int n) noexcept
         pm[k] = m
 
 
+cdef inline void run_max_settle(uint64_t *pm, const uint64_t *v, int i, int n) noexcept:
+    # pm after v[i] changed in place or was removed (pm[:i] right, pm[i:] right for
+    # the old values, in the same slots): recompute from i until a prefix max comes
+    # out as it was, since every later one is then unchanged too
+    cdef uint64_t m = pm[i - 1] if i > 0 else 0
+    cdef int k
+    for k in range(i, n):
+        if v[k] > m:
+            m = v[k]
+        if pm[k] == m:
+            return
+        pm[k] = m
+
+
+cdef inline void run_max_raise(uint64_t *pm, int i, int n, uint64_t l) noexcept:
+    # pm after a value l entered at or before slot i (pm[i:] right without it): every
+    # prefix max from i becomes max(old, l), up to the first one already >= l
+    cdef int k
+    for k in range(i, n):
+        if pm[k] >= l:
+            return
+        pm[k] = l
+
+
 cdef inline void leaf_fix(Leaf *f, int i) noexcept:
     # recompute f.pmax[i:] from last[i:]: after entries were moved into f at slot i
     # or later
@@ -510,17 +534,8 @@ cdef inline void inner_fix(Inner *x, int j) noexcept:
 
 
 cdef inline void inner_settle(Inner *x, int j) noexcept:
-    # x.pmax after maxlast[j] changed in place (no record moved, pmax right for the old
-    # value): recompute from j until a prefix max comes out as it was, since every
-    # later one is then unchanged too
-    cdef uint64_t m = x.pmax[j - 1] if j > 0 else 0
-    cdef int k
-    for k in range(j, x.n):
-        if x.maxlast[k] > m:
-            m = x.maxlast[k]
-        if x.pmax[k] == m:
-            return
-        x.pmax[k] = m
+    # x.pmax after maxlast[j] changed in place (no record moved)
+    run_max_settle(x.pmax, x.maxlast, j, x.n)
 
 
 cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
@@ -626,10 +641,8 @@ cdef inline void inner_move(Inner *d, int dp, Inner *s, int sp, int cnt) noexcep
 cdef inline void leaf_put(Leaf *f, int pos, uint64_t s, uint64_t l, uint64_t a,
                           uint64_t meta) noexcept:
     # open slot pos in f (n < LCAP) and store the entry there; f.pmax must be right
-    # before: the prefix maxima after pos become max(old, l), up to the first one
-    # already >= l
+    # before: the prefix maxima after pos become max(old, l)
     cdef uint64_t m = f.pmax[pos - 1] if pos > 0 else 0
-    cdef int k
     leaf_move(f, pos + 1, f, pos, f.n - pos)
     f.start[pos] = s
     f.last[pos] = l
@@ -637,10 +650,7 @@ cdef inline void leaf_put(Leaf *f, int pos, uint64_t s, uint64_t l, uint64_t a,
     f.meta[pos] = meta
     f.n += 1
     f.pmax[pos] = l if l > m else m
-    for k in range(pos + 1, f.n):
-        if f.pmax[k] >= l:
-            break
-        f.pmax[k] = l
+    run_max_raise(f.pmax, pos + 1, f.n, l)
 
 
 cdef inline void inner_put(Inner *x, int pos, void *c, int clevel) noexcept:
@@ -814,7 +824,7 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
     cdef Inner *z
     cdef Leaf *f
     cdef Leaf *r
-    cdef int level, j, pos, h, k
+    cdef int level, j, pos, h
     if t.root == NULL:
         f = take_leaf(t)
         f.n = 0
@@ -875,10 +885,7 @@ cdef void t_insert(Tree *t, uint64_t s, uint64_t l, uint64_t a, uint64_t meta) n
             changed = False
             if l > x.maxlast[j]:
                 x.maxlast[j] = l
-                k = j
-                while k < x.n and x.pmax[k] < l:   # prefix maxima: max(old, l)
-                    x.pmax[k] = l
-                    k += 1
+                run_max_raise(x.pmax, j, x.n, l)
                 changed = True
             if sp > x.span[j]:
                 x.span[j] = sp
@@ -1022,13 +1029,7 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
     sp = l - s
     leaf_move(f, i, f, i + 1, f.n - i - 1)
     f.n -= 1
-    oml = f.pmax[i - 1] if i > 0 else 0    # the prefix maxima from i lose l: recompute
-    for j in range(i, f.n):                # until one comes out as it was
-        if f.last[j] > oml:
-            oml = f.last[j]
-        if f.pmax[j] == oml:
-            break
-        f.pmax[j] = oml
+    run_max_settle(f.pmax, f.last, i, f.n)   # the prefix maxima from i lose l
     t.count -= 1
     level = 1
     while level <= t.height:

@@ -1035,6 +1035,8 @@ def _replay_source(path: str) -> str:
 #: ops that touch only the user memory or describe the trace: they may precede
 #: ``open`` without making the setup implicit
 _SETUP_NEUTRAL = ("meta", "mmap", "munmap", "memlock")
+#: records a binary replay hands to write_many() at a time
+_REPLAY_CHUNK = 4096
 #: mismatches and failures listed one per line before the rest are only counted
 _LIST_CAP = 20
 
@@ -1045,8 +1047,8 @@ def cmd_replay(args) -> int:
     from . import IOTLBError, wire
     from . import expect as ex
     from .scenarios import QEMU_BACKEND_FEATURES, format_size
-    from .trace import (MESSAGE_OPS, Progress, TraceError, apply, count_ops, describe,
-                        detect_format, read_trace, write_trace)
+    from .trace import (MESSAGE_OPS, Location, Progress, TraceError, apply, count_ops,
+                        describe, detect_format, read_trace, write_trace)
     from .vdpa import VhostVdpa
 
     path = _replay_source(args.file)
@@ -1105,6 +1107,16 @@ def cmd_replay(args) -> int:
     n_ops = checked = messages = 0
     persist_bit = int(wire.BackendFeature.IOTLB_PERSIST)
 
+    def failed(exc: IOTLBError, where, op: dict) -> None:
+        # an operation the device refused: what the report lists
+        cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+        failures.append({
+            **(where.as_dict() if where is not None else {"setup": True}),
+            "op": describe(op), "errno": _errname(exc.errno),
+            "cause": None if cause is None else _errname(cause.errno),
+            "message": (cause.strerror if cause is not None else exc.strerror) or str(exc),
+        })
+
     def run(op: dict, where):
         nonlocal n_ops, checked, messages
         if op["op"] == "set_backend_features" and args.persist is not None:
@@ -1134,13 +1146,7 @@ def cmd_replay(args) -> int:
         try:
             result = apply(dev, op)
         except IOTLBError as exc:
-            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
-            failures.append({
-                **(where.as_dict() if where is not None else {"setup": True}),
-                "op": describe(op), "errno": _errname(exc.errno),
-                "cause": None if cause is None else _errname(cause.errno),
-                "message": (cause.strerror if cause is not None else exc.strerror) or str(exc),
-            })
+            failed(exc, where, op)
             return None
         except (TypeError, ValueError, OverflowError) as exc:
             failures.append({**(where.as_dict() if where is not None else {"setup": True}),
@@ -1165,9 +1171,55 @@ def cmd_replay(args) -> int:
         return ["open", "SET_OWNER",
                 "SET_BACKEND_FEATURES(" + ("|".join(wire.feature_names(ack)) or "0") + ")"]
 
+    def run_binary() -> None:
+        # A binary trace is messages only, with no expectation and nothing to record
+        # per op: hand whole records to write_many() a chunk at a time (the same
+        # successive write()s); at a refused record, list it and resume after it.
+        nonlocal n_ops, messages, n_file
+        size = wire.VHOST_MSG_SIZE
+        base = 0                                 # byte offset of buf in the file
+        buf = b""
+        with open(path, "rb") as fp:
+            while True:
+                more = fp.read(size * _REPLAY_CHUNK)
+                buf = buf + more if buf else more
+                whole = len(buf) - len(buf) % size
+                if not more and whole == 0:
+                    break
+                view = memoryview(buf)[:whole]
+                done = 0
+                while done < whole:
+                    try:
+                        done += dev.write_many(view[done:]) * size
+                    except IOTLBError as exc:
+                        done += exc.index * size
+                        failed(exc, Location(offset=base + done),
+                               {"op": "write", "data": bytes(view[done:done + size])})
+                        done += size
+                view.release()
+                n = whole // size
+                n_ops += n
+                messages += n
+                n_file += n
+                progress.update(n)
+                base += whole
+                buf = buf[whole:]
+        if buf:                                  # a truncated last record
+            error = TraceError(f"truncated record ({len(buf)} of {size} bytes)",
+                               path=path, offset=base)
+            if not args.keep_going:
+                raise error
+            n_file += 1
+            bad.append({**Location(offset=base).as_dict(), "message": error.message})
+
     first = True
     n_file = 0
     try:
+        if fmt == "binary" and not args.record:
+            implicit = preamble()
+            first = False
+            run_binary()
+            entries = iter(())
         for entry in entries:
             progress.update()
             n_file += 1

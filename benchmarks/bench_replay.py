@@ -232,10 +232,32 @@ def _median(ts):
     return sorted(ts)[len(ts) // 2]
 
 
+_FLAGS = ("--quick", "--cli")
+_VALUED = ("--n", "--repeats", "--json", "--vs", "--how")
+
+
+def _usage(argv) -> None:
+    # -h/--help prints the usage; an unknown option is an error, not silently ignored
+    usage = __doc__.split("\n\n")[1]
+    if "-h" in argv or "--help" in argv:
+        print(usage)
+        raise SystemExit(0)
+    i = 0
+    while i < len(argv):
+        if argv[i] in _VALUED and i + 1 < len(argv):
+            i += 2
+        elif argv[i] in _FLAGS:
+            i += 1
+        else:
+            raise SystemExit(f"bench_replay: unknown or incomplete option {argv[i]!r}\n"
+                             + usage)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--worker" in argv:
         return worker(int(_arg(argv, "--worker")))
+    _usage(argv)
     missing = [b for b in BUILTIN if b not in {name for name, _ in PARENTS.values()}]
     if missing:
         raise SystemExit(f"bench_replay: built-in parents not measured: {missing}")

@@ -200,6 +200,64 @@ ctypedef struct Hdr:         # the common head of Leaf and Inner
     int rc
 
 
+# Node memory passes through a small module-wide cache of freed nodes.  With shared
+# nodes the trees that allocate and the trees that free are different ones: a set_map
+# parent's device copy shares the vhost tree's nodes, every change copies a path into
+# the vhost tree, and the device's next wipe frees the old path -- a malloc and a free
+# of a 2.5 KiB node per level and message, which the per-tree spares never see.  Not
+# on free-threaded builds (the cache would need a lock); bounded (~35 KiB at most).
+cdef extern from *:
+    """
+    #if defined(Py_GIL_DISABLED)
+    #define IOTLB_NODE_CACHE 0
+    #else
+    #define IOTLB_NODE_CACHE 1
+    #endif
+    """
+    bint NODE_CACHE "IOTLB_NODE_CACHE"
+
+cdef enum:
+    NODE_CACHE_L = 4        # cached leaves at most
+    NODE_CACHE_I = 8        # cached inner nodes at most
+
+cdef void *node_cache_leaf[NODE_CACHE_L]
+cdef void *node_cache_inner[NODE_CACHE_I]
+cdef int node_cache_nleaf = 0
+cdef int node_cache_ninner = 0
+
+
+cdef inline void *node_alloc(bint leaf) noexcept:
+    # memory for a leaf (or an inner node): a cached freed one, else PyMem_Malloc
+    # (NULL when out of memory)
+    global node_cache_nleaf, node_cache_ninner
+    if leaf:
+        if node_cache_nleaf > 0:
+            node_cache_nleaf -= 1
+            return node_cache_leaf[node_cache_nleaf]
+        return PyMem_Malloc(sizeof(Leaf))
+    if node_cache_ninner > 0:
+        node_cache_ninner -= 1
+        return node_cache_inner[node_cache_ninner]
+    return PyMem_Malloc(sizeof(Inner))
+
+
+cdef inline void node_release(void *node, bint leaf) noexcept:
+    # give back a node no tree holds: kept in the cache while it has room, else freed
+    global node_cache_nleaf, node_cache_ninner
+    if not NODE_CACHE:
+        pass
+    elif leaf:
+        if node_cache_nleaf < NODE_CACHE_L:
+            node_cache_leaf[node_cache_nleaf] = node
+            node_cache_nleaf += 1
+            return
+    elif node_cache_ninner < NODE_CACHE_I:
+        node_cache_inner[node_cache_ninner] = node
+        node_cache_ninner += 1
+        return
+    PyMem_Free(node)
+
+
 cdef int t_spares(Tree *t, int nl, int ni) except -1:
     # at least nl spare leaves and ni spare inner nodes; MemoryError leaves t's
     # content as it was
@@ -207,13 +265,13 @@ cdef int t_spares(Tree *t, int nl, int ni) except -1:
     if nl > NSPARE_L or ni > NSPARE_I or t.height + 1 >= MAXH:
         raise MemoryError("IOTLB: tree too tall")
     while t.nspare_leaf < nl:
-        m = PyMem_Malloc(sizeof(Leaf))
+        m = node_alloc(True)
         if m == NULL:
             raise MemoryError()
         t.spare_leaf[t.nspare_leaf] = <Leaf *>m
         t.nspare_leaf += 1
     while t.nspare_inner < ni:
-        m = PyMem_Malloc(sizeof(Inner))
+        m = node_alloc(False)
         if m == NULL:
             raise MemoryError()
         t.spare_inner[t.nspare_inner] = <Inner *>m
@@ -393,7 +451,7 @@ cdef inline void give_leaf(Tree *t, Leaf *f) noexcept:
         t.spare_leaf[t.nspare_leaf] = f
         t.nspare_leaf += 1
     else:
-        PyMem_Free(f)
+        node_release(f, True)
 
 
 cdef inline void give_inner(Tree *t, Inner *x) noexcept:
@@ -403,7 +461,7 @@ cdef inline void give_inner(Tree *t, Inner *x) noexcept:
         t.spare_inner[t.nspare_inner] = x
         t.nspare_inner += 1
     else:
-        PyMem_Free(x)
+        node_release(x, False)
 
 
 cdef void free_sub(void *node, int level) noexcept:
@@ -418,7 +476,7 @@ cdef void free_sub(void *node, int level) noexcept:
         x = <Inner *>node
         for j in range(x.n):
             free_sub(x.child[j], level - 1)
-    PyMem_Free(node)
+    node_release(node, level == 0)
 
 
 cdef void t_clear(Tree *t) noexcept:
@@ -443,9 +501,9 @@ cdef void t_free(Tree *t) noexcept:
     cdef int k
     t_clear(t)
     for k in range(t.nspare_leaf):
-        PyMem_Free(t.spare_leaf[k])
+        node_release(t.spare_leaf[k], True)
     for k in range(t.nspare_inner):
-        PyMem_Free(t.spare_inner[k])
+        node_release(t.spare_inner[k], False)
     t.nspare_leaf = 0
     t.nspare_inner = 0
     PyMem_Free(t.q)
@@ -1725,8 +1783,11 @@ cdef class IOTLB:
 
     cdef int _reset(self) except -1:
         # reset()'s body (also unmap() of everything: set_map parents wipe per message)
-        old = self._ctx            # released after the tree is empty (a new dict also
-        self._ctx = {}             # gives back the table a piecewise unmap left grown)
+        if self._ctx:
+            old = self._ctx        # released after the tree is empty
+            self._ctx = {}
+        else:                      # nothing to release (set_map parents wipe an empty
+            self._ctx.clear()      # one per message); gives back a grown table
         t_clear(&self.t)
         self._version += 1
         return 0

@@ -1049,7 +1049,7 @@ def cmd_replay(args) -> int:
     from .scenarios import QEMU_BACKEND_FEATURES, format_size
     from .trace import (MESSAGE_OPS, Location, Progress, TraceError, apply, count_ops,
                         describe, detect_format, read_trace, write_trace)
-    from .vdpa import VhostVdpa
+    from .vdpa import MAX_IOTLB_ENTRIES, VhostVdpa
 
     path = _replay_source(args.file)
     shown = "<stdin>" if args.file == "-" else args.file
@@ -1083,6 +1083,8 @@ def cmd_replay(args) -> int:
         except ValueError as exc:
             raise CLIError(f"--kernel: {exc}") from None
         device_options["kernel"] = kernel
+    if args.max_iotlb_entries is not None:
+        device_options["max_iotlb_entries"] = args.max_iotlb_entries
     backend = _make_backend(backend_name, options)
     # parent ops can only be observed if the log wraps the backend before the device
     # holds it: traces that start with a recorded meta get one
@@ -1264,7 +1266,8 @@ def cmd_replay(args) -> int:
     if args.json:
         json.dump({
             "file": shown, "format": fmt, "backend": backend_name, "options": options,
-            "kernel": dev.kernel.name, "recorded": recorded,
+            "kernel": dev.kernel.name, "max_iotlb_entries": dev.max_iotlb_entries,
+            "recorded": recorded,
             "operations": n_ops, "messages": messages, "failed": len(failures),
             "failed_by_errno": by_errno, "bad_lines": len(bad),
             "implicit_setup": implicit, "failures": failures, "bad": bad,
@@ -1278,6 +1281,8 @@ def cmd_replay(args) -> int:
     where_word = "line" if fmt == "jsonl" else "record"
     model = f"{backend_name}" + (f" ({', '.join(f'{k}={v!r}' for k, v in options.items())})"
                                  if options else "")
+    if dev.max_iotlb_entries != MAX_IOTLB_ENTRIES:
+        model += f", vhost_vdpa max_iotlb_entries={dev.max_iotlb_entries}"
     _out(f"replayed {shown} ({fmt}) on {model}, kernel profile {dev.kernel.name}"
          + (f" (recorded on {recorded.get('release')})" if recorded else "")
          + f": {_plural(n_ops, 'operation')} ({_plural(messages, 'message')}), "
@@ -1513,6 +1518,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "expectations and broken invariants do)")
     r.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="backend constructor option (repeatable), e.g. batch_mapping=0")
+    r.add_argument("--max-iotlb-entries", type=int, default=None, metavar="N",
+                   help="vhost_vdpa's max_iotlb_entries module parameter: each address "
+                        "space's entry limit (default: the one a recorded trace names, "
+                        "else 2048); a parent's own limit is an --option, e.g. "
+                        "max_iotlb_entries=N for vdpa_sim")
     pg = r.add_mutually_exclusive_group()
     pg.add_argument("--persist", dest="persist", action="store_true", default=None,
                     help="ack IOTLB_PERSIST (added to every SET_BACKEND_FEATURES)")

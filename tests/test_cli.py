@@ -504,3 +504,31 @@ def test_binary_replay_in_chunks_matches_per_record(tmp_path, backend, tail):
     assert chunked["bad"] == ([{"offset": 9000 * 72,
                                 "message": "truncated record (40 of 72 bytes)"}]
                               if tail else [])
+
+
+def test_replay_max_iotlb_entries(tmp_path):
+    # vhost_vdpa's module parameter is --max-iotlb-entries; vdpa_sim's own limit (its
+    # module parameter of the same name) is a backend --option: 3,000 live entries
+    # need both raised
+    from iotlb.wire import VHOST_IOTLB_UPDATE as UPD
+    from iotlb.wire import encode
+    trace = tmp_path / "fill.bin"
+    trace.write_bytes(b"".join(encode(UPD, i << 12, 4096, i << 12, 3) for i in range(3000)))
+    runs = {
+        "default": [],
+        "vhost only": ["--max-iotlb-entries", "4096"],
+        "both": ["--max-iotlb-entries", "4096", "--option", "max_iotlb_entries=4096"],
+        "sim only": ["--option", "max_iotlb_entries=4096"],
+    }
+    got = {}
+    for name, extra in runs.items():
+        doc = json.loads(cli("replay", trace, "--json", *extra, check=0).stdout)
+        got[name] = (doc["max_iotlb_entries"], doc["failed"], doc["failed_by_errno"])
+    assert got == {"default": (2048, 952, {"EFAULT": 952}),
+                   "vhost only": (4096, 952, {"EFAULT": 952}),
+                   "both": (4096, 0, {}),
+                   "sim only": (2048, 952, {"EFAULT": 952})}
+    out = cli("replay", trace, *runs["both"], check=0).stdout
+    assert "vhost_vdpa max_iotlb_entries=4096" in out.splitlines()[0]
+    assert "invalid int value" in cli("replay", trace, "--max-iotlb-entries", "x",
+                                      check=2).stderr

@@ -1048,7 +1048,8 @@ def cmd_replay(args) -> int:
     from . import expect as ex
     from .scenarios import QEMU_BACKEND_FEATURES, format_size
     from .trace import (MESSAGE_OPS, Location, Progress, TraceError, apply, count_ops,
-                        describe, detect_format, read_trace, write_trace)
+                        describe, detect_format, read_trace, truncated_record,
+                        write_trace)
     from .vdpa import MAX_IOTLB_ENTRIES, VhostVdpa
 
     path = _replay_source(args.file)
@@ -1207,8 +1208,7 @@ def cmd_replay(args) -> int:
                 base += whole
                 buf = buf[whole:]
         if buf:                                  # a truncated last record
-            error = TraceError(f"truncated record ({len(buf)} of {size} bytes)",
-                               path=path, offset=base)
+            error = truncated_record(path, base, len(buf))
             if not args.keep_going:
                 raise error
             n_file += 1

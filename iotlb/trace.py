@@ -96,6 +96,7 @@ __all__ = [
     "MEMORY_KINDS",
     "FEATURE_NAMES", "STATUS_BITS", "parse_op", "to_json", "encode_op",
     "describe", "apply", "apply_memory", "detect_format", "read_trace", "count_ops", "write_trace",
+    "truncated_record",
     "Progress",
 ]
 
@@ -646,6 +647,16 @@ def _read_jsonl(path: str) -> Iterator[Entry]:
             yield Entry(where, op)
 
 
+def truncated_record(path: str, offset: int, got: int) -> TraceError:
+    """The error for a binary trace's last record, ``got`` bytes of 72 at ``offset``.
+
+    >>> str(truncated_record("t.bin", 144, 40))
+    't.bin: byte offset 144: truncated record (40 of 72 bytes)'
+    """
+    return TraceError(f"truncated record ({got} of {wire.VHOST_MSG_SIZE} bytes)",
+                      path=path, offset=offset)
+
+
 def _read_binary(path: str) -> Iterator[Entry]:
     fp = _open(path)
     with fp:
@@ -656,11 +667,9 @@ def _read_binary(path: str) -> Iterator[Entry]:
             except StopIteration:
                 return
             except wire.StreamError as exc:
-                size = wire.VHOST_MSG_SIZE
                 got = os.path.getsize(path) - exc.offset
-                yield Entry(Location(offset=exc.offset), None, TraceError(
-                    f"truncated record ({got} of {size} bytes)", path=path,
-                    offset=exc.offset))
+                yield Entry(Location(offset=exc.offset), None,
+                            truncated_record(path, exc.offset, got))
                 return
             yield Entry(Location(offset=offset), {"op": "write", "data": rec})
 

@@ -27,8 +27,8 @@ before a change) and one with this interpreter, and every measurement is made in
 both, interleaved (same records, same order); the tables then give both times and
 their ratio (now over before).  Each worker reports its own CPU time of the
 measured call only.  ``--cli`` also times ``iotlb replay FILE`` as a subprocess (the
-children's CPU time and peak RSS) on the churn trace for vdpa_sim and
-platform_iommu (the CLI cannot raise vhost_vdpa's own limit, so no fill run there).
+children's CPU time and peak RSS) on both traces for vdpa_sim and platform_iommu,
+with the same limits (``--max-iotlb-entries``, and vdpa_sim's own as an ``--option``).
 
 A parent that would blow the time budget at a size is skipped with an estimate (a
 per-message cost that grows with the number of entries shows up as a drop in
@@ -206,10 +206,15 @@ def worker(n: int) -> int:
     return 0
 
 
-def cli_once(parent: str, path: str) -> tuple:
-    """(children CPU seconds, peak RSS MiB) of ``iotlb replay`` on the trace."""
+def cli_once(parent: str, path: str, limit: int) -> tuple:
+    """(children CPU seconds, peak RSS MiB) of ``iotlb replay`` on the trace, with the
+    entry limits raised to ``limit`` as :func:`make_device` does."""
     name, options = PARENTS[parent]
-    cmd = [sys.executable, "-m", "iotlb", "replay", "-q", "--backend", name]
+    options = dict(options)
+    if name in OWN_LIMIT and limit > 2048:
+        options["max_iotlb_entries"] = limit
+    cmd = [sys.executable, "-m", "iotlb", "replay", "-q", "--backend", name,
+           "--max-iotlb-entries", str(max(limit, 2048))]
     for k, v in options.items():
         cmd += ["--option", f"{k}={int(v) if isinstance(v, bool) else v}"]
     cmd.append(path)
@@ -324,17 +329,19 @@ def main(argv=None) -> int:
         for r in runners:
             r.close()
     if "--cli" in argv:
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "churn.bin")
-            with open(path, "wb") as f:
-                f.write(streams["churn"][0])
-            print(f"\niotlb replay of the churn trace ({n:,} records), subprocess:")
-            print(f"  {'parent':18} {'cpu s':>9} {'peak RSS':>10} {'vs platform_iommu':>18}")
-            cli = {p: cli_once(p, path) for p in ("vdpa_sim set_map", "platform_iommu")}
-            for p, (cpu, rss) in cli.items():
-                print(f"  {p:18} {cpu:9.2f} {rss:8.0f} MiB "
-                      f"{cpu / cli['platform_iommu'][0]:17.2f}x")
-                results[f"cli/{p}"] = {"cpu_seconds": cpu, "peak_rss_mib": rss}
+        for sname, (records, limit) in streams.items():
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, sname + ".bin")
+                with open(path, "wb") as f:
+                    f.write(records)
+                print(f"\niotlb replay of the {sname} trace ({n:,} records), subprocess:")
+                print(f"  {'parent':18} {'cpu s':>9} {'peak RSS':>10} {'vs platform_iommu':>18}")
+                cli = {p: cli_once(p, path, limit)
+                       for p in ("vdpa_sim set_map", "platform_iommu")}
+                for p, (cpu, rss) in cli.items():
+                    print(f"  {p:18} {cpu:9.2f} {rss:8.0f} MiB "
+                          f"{cpu / cli['platform_iommu'][0]:17.2f}x")
+                    results[f"cli/{sname}/{p}"] = {"cpu_seconds": cpu, "peak_rss_mib": rss}
     if out_json:
         with open(out_json, "w") as f:
             json.dump({"messages": n, "engine": iotlb.IMPLEMENTATION, "results": results},

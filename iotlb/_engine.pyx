@@ -545,26 +545,18 @@ cdef inline void inner_agg(Inner *x, uint64_t *ml, uint64_t *sp) noexcept:
     sp[0] = s
 
 
-cdef inline void run_max(uint64_t *pm, const uint64_t *v, int i, int n) noexcept:
-    # pm[k] = max(v[0..k]) for k in i..n-1 (pm[:i] must be right)
+cdef inline void run_max(uint64_t *pm, const uint64_t *v, int i, int n,
+                         bint settle) noexcept:
+    # pm[k] = max(v[0..k]) for k in i..n-1 (pm[:i] must be right).  With settle, v[i]
+    # changed in place or was removed and pm[i:] is right for the old values in the
+    # same slots: stop at the first prefix max that comes out as it was, since every
+    # later one is then unchanged too.  (Inlined with a constant settle: no branch.)
     cdef uint64_t m = pm[i - 1] if i > 0 else 0
     cdef int k
     for k in range(i, n):
         if v[k] > m:
             m = v[k]
-        pm[k] = m
-
-
-cdef inline void run_max_settle(uint64_t *pm, const uint64_t *v, int i, int n) noexcept:
-    # pm after v[i] changed in place or was removed (pm[:i] right, pm[i:] right for
-    # the old values, in the same slots): recompute from i until a prefix max comes
-    # out as it was, since every later one is then unchanged too
-    cdef uint64_t m = pm[i - 1] if i > 0 else 0
-    cdef int k
-    for k in range(i, n):
-        if v[k] > m:
-            m = v[k]
-        if pm[k] == m:
+        if settle and pm[k] == m:
             return
         pm[k] = m
 
@@ -582,18 +574,18 @@ cdef inline void run_max_raise(uint64_t *pm, int i, int n, uint64_t l) noexcept:
 cdef inline void leaf_fix(Leaf *f, int i) noexcept:
     # recompute f.pmax[i:] from last[i:]: after entries were moved into f at slot i
     # or later
-    run_max(f.pmax, f.last, i, f.n)
+    run_max(f.pmax, f.last, i, f.n, False)
 
 
 cdef inline void inner_fix(Inner *x, int j) noexcept:
     # recompute x.pmax[j:] from maxlast[j:]: after records were moved into x at j or
     # later
-    run_max(x.pmax, x.maxlast, j, x.n)
+    run_max(x.pmax, x.maxlast, j, x.n, False)
 
 
 cdef inline void inner_settle(Inner *x, int j) noexcept:
     # x.pmax after maxlast[j] changed in place (no record moved)
-    run_max_settle(x.pmax, x.maxlast, j, x.n)
+    run_max(x.pmax, x.maxlast, j, x.n, True)
 
 
 cdef inline void refresh(Inner *x, int j, int clevel) noexcept:
@@ -1087,7 +1079,7 @@ cdef bint t_delete(Tree *t, Path *p) noexcept:
     sp = l - s
     leaf_move(f, i, f, i + 1, f.n - i - 1)
     f.n -= 1
-    run_max_settle(f.pmax, f.last, i, f.n)   # the prefix maxima from i lose l
+    run_max(f.pmax, f.last, i, f.n, True)    # the prefix maxima from i lose l
     t.count -= 1
     level = 1
     while level <= t.height:

@@ -135,9 +135,11 @@ class PlatformIommu(Backend):
             raise IOTLBError(errno.EINVAL, f"{op}: iova {iova:#x} + size {size:#x} overflows")
         return last
 
-    #: The IOMMU driver's own refusal of a mapping's protection, run by
-    #: :meth:`iommu_map` after the range checks and before the overlap check (None:
-    #: the generic domain refuses none; VT-d: :func:`~iotlb_backends.vp_vdpa.intel_map_prot_check`).
+    #: The IOMMU driver's own refusal of a mapping's protection, called by
+    #: :meth:`iommu_map` as ``map_prot_check(prot, perm)`` -- ``prot`` the IOMMU flags
+    #: (:func:`iommu_prot`), ``perm`` vhost's, for the message -- after the range
+    #: checks and before the overlap check (None: the generic domain refuses none;
+    #: VT-d: :func:`~iotlb_backends.vp_vdpa.intel_map_prot_check`).
     map_prot_check = None
 
     def iommu_map(self, iova: int, size: int, pa: int, perm: int) -> None:
@@ -154,12 +156,13 @@ class PlatformIommu(Backend):
         if domain is None or not size or (iova | size | pa) & (self.page_size - 1) \
                 or (last := iova + size - 1) > U64_MAX:
             last = self._check_range("iommu_map", iova, size, pa)       # raises
+        prot = iommu_prot(perm)
         check = self.map_prot_check
         if check is not None:
-            check(perm)
+            check(prot, perm)
         if domain.first(iova, last) is not None:
             raise IOTLBError(errno.EEXIST, f"iommu_map: [{iova:#x}, {last:#x}] is already mapped")
-        domain.map(iova, last, pa, iommu_prot(perm))
+        domain.map(iova, last, pa, prot)
 
     def iommu_unmap(self, iova: int, size: int) -> int:
         """``iommu_unmap(domain, iova, size)``: drops what is mapped in the range and

@@ -61,6 +61,7 @@ Kernel versions (option ``kernel``):
 """
 from __future__ import annotations
 
+import collections
 import errno
 
 import iotlb
@@ -156,8 +157,14 @@ class Vduse(Backend):
         self._group_as = [0] * self.ngroups
         #: config generation, bumped by every reset (``dev->generation++``)
         self.generation = 0
-        #: the messages the daemon answered, ``(type, ...)`` tuples, oldest first
-        self.messages = []
+        #: the last :attr:`MESSAGES_KEPT` messages the daemon answered, ``(type, ...)``
+        #: tuples, oldest first (a bounded log: a replay sends one per message)
+        self.messages = collections.deque(maxlen=self.MESSAGES_KEPT)
+        #: how many messages the daemon answered in all
+        self.messages_sent = 0
+
+    #: How many of the daemon's messages :attr:`messages` keeps (the newest).
+    MESSAGES_KEPT = 4096
 
     _api_versions = (0, 1)
 
@@ -180,8 +187,16 @@ class Vduse(Backend):
 
     # ------------------------------------------------------------------ daemon
     def _msg_sync(self, *request) -> None:
-        """``vduse_dev_msg_sync``: the daemon gets the request and answers OK."""
+        """``vduse_dev_msg_sync``: the daemon gets the request and answers OK.
+
+        >>> d = Vduse(); d.MESSAGES_KEPT
+        4096
+        >>> for s in range(5000): d.set_status(s & 0xF)
+        >>> d.messages_sent, len(d.messages), d.messages[0]
+        (5000, 4096, ('SET_STATUS', 8))
+        """
         self.messages.append(request)
+        self.messages_sent += 1
 
     # ------------------------------------------------------------------ ops
     def set_status(self, status: int) -> None:

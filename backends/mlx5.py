@@ -38,6 +38,7 @@ appended to without a prune while no data MR exists.
 from __future__ import annotations
 
 import errno
+import operator
 from typing import Optional
 
 import iotlb
@@ -72,15 +73,19 @@ PER_ASID_MR = Since((6, 7), "(unverified) vdpa/mlx5: MRs per address space",
                     verified=False)
 
 
-class _MR:
-    """A memory region (``struct mlx5_vdpa_mr``): ``kind`` is ``"dma"`` or ``"user"``;
-    ``iotlb`` is ``mr->iotlb`` (identity for the DMA MR)."""
+class _MR(tuple):
+    """A memory region (``struct mlx5_vdpa_mr``), ``_MR((kind, iotlb))``: ``kind`` is
+    ``"dma"`` or ``"user"``; ``iotlb`` is ``mr->iotlb`` (identity for the DMA MR).  A
+    tuple, so that the MR ``set_map`` builds per message is made in C (a class with an
+    ``__init__`` costs a Python frame, ~1,000 instructions).
 
-    __slots__ = ("kind", "iotlb")
+    >>> mr = _MR(("user", None)); mr.kind, mr.iotlb
+    ('user', None)
+    """
 
-    def __init__(self, kind: str, tlb) -> None:
-        self.kind = kind
-        self.iotlb = tlb
+    __slots__ = ()
+    kind = property(operator.itemgetter(0))
+    iotlb = property(operator.itemgetter(1))
 
 
 def _dup_iotlb(dst, src) -> None:
@@ -90,7 +95,7 @@ def _dup_iotlb(dst, src) -> None:
     if src is None:
         dst.map(0, U64_MAX, 0, Perm.RW)
         return
-    if isinstance(src, iotlb.IOTLB):
+    if isinstance(src, _IOTLB):
         dst.add_all(src)
         return
     for m in src:                        # any iterable of Map (plugin tests)
@@ -232,7 +237,7 @@ class Mlx5(Backend):
         iotlb becomes identity if the CVQ group is bound to AS 0."""
         tlb = iotlb.IOTLB()
         _dup_iotlb(tlb, None)
-        self._update_mr(_MR("dma", tlb), 0)
+        self._update_mr(_MR(("dma", tlb)), 0)
         self._update_cvq_iotlb(None, 0)
 
     def _clean_mrs(self) -> None:
@@ -264,7 +269,7 @@ class Mlx5(Backend):
                 else iotlb_.first(0, U64_MAX) is not None):
             tlb = _IOTLB()
             _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
-            new_mr: Optional[_MR] = _MR("user", tlb)
+            new_mr: Optional[_MR] = _MR(("user", tlb))
         else:
             new_mr = None
         # update_mr (no old MR) or change_map (suspend vqs, swap, resume): same state.
@@ -298,7 +303,7 @@ class Mlx5(Backend):
         if g2a[DATAVQ_GROUP] == asid and self._mr[DATAVQ_GROUP] is None:
             tlb = iotlb.IOTLB()
             _dup_iotlb(tlb, src)                            # create_user_mr
-            self._mr[DATAVQ_GROUP] = _MR("user", tlb)
+            self._mr[DATAVQ_GROUP] = _MR(("user", tlb))
         if g2a[CVQ_GROUP] == asid:
             _dup_iotlb(self._cvq, src)
 

@@ -532,3 +532,36 @@ def test_replay_max_iotlb_entries(tmp_path):
     assert "vhost_vdpa max_iotlb_entries=4096" in out.splitlines()[0]
     assert "invalid int value" in cli("replay", trace, "--max-iotlb-entries", "x",
                                       check=2).stderr
+
+
+def test_replay_keeps_no_per_run_dirty_record(tmp_path, monkeypatch, capsys):
+    # a vIOMMU unpins a new writable run per INVALIDATE: the replay counts the pages
+    # dirtied (set_page_dirty_lock in unpin_user_pages_dirty_lock) and keeps no
+    # record per run, which would grow with the messages
+    import iotlb.cli
+    import iotlb.vdpa
+    from iotlb.wire import VHOST_IOTLB_INVALIDATE as INV
+    from iotlb.wire import VHOST_IOTLB_UPDATE as UPD
+    from iotlb.wire import encode
+    made = []
+
+    class Spy(iotlb.vdpa.VhostVdpa):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(iotlb.vdpa, "VhostVdpa", Spy)
+    trace = tmp_path / "churn.bin"
+    # 300 pages, RW except every third RO; each unmapped 8 messages later
+    trace.write_bytes(b"".join(
+        encode(UPD, i << 12, 4096, i << 12, 1 if i % 3 == 0 else 3)
+        + (encode(INV, (i - 8) << 12, 4096) if i >= 8 else b"") for i in range(300)))
+    assert iotlb.cli.main(["replay", str(trace), "--backend", "platform_iommu",
+                           "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (dev,) = made
+    writable_unmapped = sum(1 for i in range(292) if i % 3)
+    final = doc["final"]
+    assert final["dirtied_pages"] == dev.dirtied_pages == writable_unmapped == 194
+    assert final["pinned_pages"] == 8 and doc["failed"] == 0
+    assert dev.usermem.record_dirty is False and dev.usermem.dirtied == {}

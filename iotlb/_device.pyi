@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, SupportsIndex
 
-__all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
 
 _Run = tuple[int, int, bool]
 
@@ -21,6 +21,17 @@ class PinLedger:
     def __len__(self) -> int: ...
     def _check(self) -> None: ...
 
+class DirtyRecord:
+    """The runs dirtied on unpin, counted: ``(pfn, npages) -> times``."""
+
+    def __init__(self) -> None: ...
+    def add(self, pfn: SupportsIndex, npages: SupportsIndex) -> None: ...
+    def count(self, pfn: SupportsIndex, npages: SupportsIndex) -> int: ...
+    def items(self) -> list[tuple[tuple[int, int], int]]: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...
+    def _check(self) -> None: ...
+
 class MemoryCore:
     """The base of ``iotlb.usermem.UserMemory``."""
 
@@ -28,7 +39,7 @@ class MemoryCore:
     pinned_vm: int
     dirtied_pages: int
     record_dirty: bool
-    dirtied: dict[tuple[int, int], int]
+    _dirty: Optional[DirtyRecord]
     _memlock: Optional[int]
     _simple_pa: bool
     _simple_va: bool

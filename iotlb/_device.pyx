@@ -55,7 +55,7 @@ from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_IOTLB_ASID, VHOST_IOTLB_INVA
                    VHOST_IOTLB_MSG, VHOST_IOTLB_MSG_V2, VHOST_IOTLB_UPDATE,
                    VHOST_MSG_MIN_WRITE, VHOST_MSG_SIZE)
 
-__all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
 
 cdef extern from *:
     """
@@ -124,6 +124,84 @@ cdef inline uint64_t run_hash(uint64_t pfn, uint64_t nw) noexcept nogil:
     return h ^ (h >> 29)
 
 
+cdef inline Py_ssize_t runs_find(const Run *slot, Py_ssize_t cap, uint64_t pfn,
+                                  uint64_t nw) noexcept:
+    # the slot of an open-addressing table of cap slots (a power of two, or 0) that
+    # holds the run (pfn, nw), or -1
+    cdef Py_ssize_t mask = cap - 1, i
+    if cap == 0:
+        return -1
+    i = <Py_ssize_t>(run_hash(pfn, nw) & <uint64_t>mask)
+    while slot[i].nw != 0:
+        if slot[i].nw == nw and slot[i].pfn == pfn:
+            return i
+        i = (i + 1) & mask
+    return -1
+
+
+cdef Run *runs_rehash(Run *slot, Py_ssize_t cap, Py_ssize_t new_cap) noexcept:
+    # a new table of new_cap slots (a power of two > the runs held) with every run of
+    # slot[cap]; slot is freed.  NULL, with slot untouched and no exception set, when
+    # the memory is not there
+    cdef Run *new = <Run *>PyMem_Malloc(new_cap * sizeof(Run))
+    cdef Py_ssize_t i, j, mask = new_cap - 1
+    if new == NULL:
+        return NULL
+    memset(new, 0, new_cap * sizeof(Run))
+    for i in range(cap):
+        if slot[i].nw != 0:
+            j = <Py_ssize_t>(run_hash(slot[i].pfn, slot[i].nw) & <uint64_t>mask)
+            while new[j].nw != 0:
+                j = (j + 1) & mask
+            new[j] = slot[i]
+    PyMem_Free(slot)
+    return new
+
+
+cdef Py_ssize_t runs_slot(Run **slot, Py_ssize_t *cap, Py_ssize_t *used, uint64_t pfn,
+                          uint64_t nw) except -1:
+    # the slot of the run (pfn, nw), claimed with count 0 if it is not in the table
+    # (doubled first when it would pass half full); MemoryError, nothing changed,
+    # when the table cannot grow
+    cdef Py_ssize_t i = runs_find(slot[0], cap[0], pfn, nw), mask
+    cdef Run *new
+    if i >= 0:
+        return i
+    if 2 * (used[0] + 1) > cap[0]:
+        new = runs_rehash(slot[0], cap[0], cap[0] * 2 if cap[0] else 16)
+        if new == NULL:
+            raise MemoryError()
+        slot[0] = new
+        cap[0] = cap[0] * 2 if cap[0] else 16
+    mask = cap[0] - 1
+    i = <Py_ssize_t>(run_hash(pfn, nw) & <uint64_t>mask)
+    while slot[0][i].nw != 0:
+        i = (i + 1) & mask
+    slot[0][i].pfn = pfn
+    slot[0][i].nw = nw
+    slot[0][i].count = 0
+    used[0] += 1
+    return i
+
+
+cdef int runs_check(const Run *slot, Py_ssize_t cap, Py_ssize_t used) except -1:
+    # assert the table's shape: used = occupied slots, at most half full, every run
+    # reachable from its home slot without crossing an empty one, counts positive
+    cdef Py_ssize_t i, j, n = 0, mask = cap - 1
+    for i in range(cap):
+        if slot[i].nw == 0:
+            continue
+        n += 1
+        assert slot[i].count > 0, "non-positive count"
+        j = <Py_ssize_t>(run_hash(slot[i].pfn, slot[i].nw) & <uint64_t>mask)
+        while j != i:
+            assert slot[j].nw != 0, "run not reachable from its home slot"
+            j = (j + 1) & mask
+    assert n == used, f"used {used} != occupied slots {n}"
+    assert 2 * used <= cap or cap == 0, "more than half full"
+    return 0
+
+
 cdef int _run_key(object pfn, object npages, object writable, uint64_t *p,
                   uint64_t *nw) except -1:
     cdef uint64_t n
@@ -157,34 +235,16 @@ cdef class PinLedger:
         PyMem_Free(self.slot)
 
     # ---------------------------------------------------------------- C level
-    cdef Py_ssize_t _find(self, uint64_t pfn, uint64_t nw) noexcept:
+    cdef inline Py_ssize_t _find(self, uint64_t pfn, uint64_t nw) noexcept:
         # the slot holding the run, or -1
-        cdef Py_ssize_t mask = self.cap - 1, i
-        if self.cap == 0:
-            return -1
-        i = <Py_ssize_t>(run_hash(pfn, nw) & <uint64_t>mask)
-        while self.slot[i].nw != 0:
-            if self.slot[i].nw == nw and self.slot[i].pfn == pfn:
-                return i
-            i = (i + 1) & mask
-        return -1
+        return runs_find(self.slot, self.cap, pfn, nw)
 
     cdef int _resize(self, Py_ssize_t cap) noexcept:
         # rehash into cap slots (a power of two >= 2 * used): 0, or -1 with nothing
         # changed when the memory is not there (no exception set)
-        cdef Run *new = <Run *>PyMem_Malloc(cap * sizeof(Run))
-        cdef Py_ssize_t i, j, mask = cap - 1
+        cdef Run *new = runs_rehash(self.slot, self.cap, cap)
         if new == NULL:
             return -1
-        memset(new, 0, cap * sizeof(Run))
-        for i in range(self.cap):
-            if self.slot[i].nw != 0:
-                j = <Py_ssize_t>(run_hash(self.slot[i].pfn, self.slot[i].nw)
-                                 & <uint64_t>mask)
-                while new[j].nw != 0:
-                    j = (j + 1) & mask
-                new[j] = self.slot[i]
-        PyMem_Free(self.slot)
         self.slot = new
         self.cap = cap
         return 0
@@ -192,21 +252,10 @@ cdef class PinLedger:
     cdef int _pin(self, uint64_t pfn, uint64_t nw) except -1:
         # one more pin of the run (nw = npages << 1 | writable, 1 <= npages < 2**63);
         # OverflowError, nothing changed, if pages would pass 2**63-1
-        cdef Py_ssize_t i = self._find(pfn, nw), mask
+        cdef Py_ssize_t i
         if <int64_t>(nw >> 1) > NPAGES_MAX - self._pages:
             raise OverflowError(f"pages {self._pages} + {nw >> 1} would pass 2**63-1")
-        if i < 0:
-            if 2 * (self.used + 1) > self.cap:
-                if self._resize(self.cap * 2 if self.cap else 16) < 0:
-                    raise MemoryError()
-            mask = self.cap - 1
-            i = <Py_ssize_t>(run_hash(pfn, nw) & <uint64_t>mask)
-            while self.slot[i].nw != 0:
-                i = (i + 1) & mask
-            self.slot[i].pfn = pfn
-            self.slot[i].nw = nw
-            self.slot[i].count = 0
-            self.used += 1
+        i = runs_slot(&self.slot, &self.cap, &self.used, pfn, nw)
         self.slot[i].count += 1
         self._pages += <int64_t>(nw >> 1)
         return 0
@@ -318,21 +367,106 @@ cdef class PinLedger:
 
         >>> book = PinLedger(); book.pin(0, 2, True); book._check()
         """
-        cdef Py_ssize_t i, j, n = 0, mask = self.cap - 1
+        cdef Py_ssize_t i
+        runs_check(self.slot, self.cap, self.used)
         pages = 0                    # a Python int: the sum is checked, not trusted
         for i in range(self.cap):
-            if self.slot[i].nw == 0:
-                continue
-            n += 1
-            assert self.slot[i].count > 0, "non-positive pin count"
-            pages += (self.slot[i].nw >> 1) * self.slot[i].count
-            j = <Py_ssize_t>(run_hash(self.slot[i].pfn, self.slot[i].nw) & <uint64_t>mask)
-            while j != i:
-                assert self.slot[j].nw != 0, "run not reachable from its home slot"
-                j = (j + 1) & mask
-        assert n == self.used, f"used {self.used} != occupied slots {n}"
-        assert 2 * self.used <= self.cap or self.cap == 0, "more than half full"
+            if self.slot[i].nw != 0:
+                pages += (self.slot[i].nw >> 1) * self.slot[i].count
         assert pages == self._pages, f"pages {self._pages} != sum of runs {pages}"
+
+
+@cython.final
+cdef class DirtyRecord:
+    """The runs dirtied on unpin, counted: ``(pfn, npages) -> times`` (count > 0).
+    It only grows, until :meth:`clear`; :meth:`items` lists the runs in no particular
+    order.  ``UserMemory.dirtied`` is a dict made from it.
+
+    >>> rec = DirtyRecord(); rec.add(7, 2); rec.add(7, 2); rec.add(9, 1)
+    >>> len(rec), rec.count(7, 2), rec.count(7, 1), sorted(rec.items())
+    (2, 2, 0, [((7, 2), 2), ((9, 1), 1)])
+    """
+
+    cdef Run *slot            # keyed (pfn, npages << 1): PinLedger's table, not writable
+    cdef Py_ssize_t cap       # a power of two, or 0 before the first run
+    cdef Py_ssize_t used
+
+    def __dealloc__(self):
+        PyMem_Free(self.slot)
+
+    cdef int _add(self, uint64_t pfn, uint64_t npages) except -1:
+        # one more dirtying of the run (1 <= npages < 2**63); MemoryError, nothing
+        # changed, when the table cannot grow
+        cdef Py_ssize_t i = runs_slot(&self.slot, &self.cap, &self.used, pfn, npages << 1)
+        self.slot[i].count += 1
+        return 0
+
+    def add(self, pfn, npages):
+        """Count one more dirtying of the run.
+
+        >>> rec = DirtyRecord(); rec.add(1, 1); rec.count(1, 1)
+        1
+        """
+        cdef uint64_t p, nw
+        _run_key(pfn, npages, False, &p, &nw)
+        self._add(p, nw >> 1)
+
+    def count(self, pfn, npages):
+        """How many times the run was dirtied (0 if never).
+
+        >>> DirtyRecord().count(5, 1)
+        0
+        """
+        cdef uint64_t p, nw
+        cdef Py_ssize_t i
+        _run_key(pfn, npages, False, &p, &nw)
+        i = runs_find(self.slot, self.cap, p, nw)
+        return self.slot[i].count if i >= 0 else 0
+
+    def items(self):
+        """``[((pfn, npages), count), ...]`` in no particular order.
+
+        >>> rec = DirtyRecord(); rec.add(3, 1); rec.items()
+        [((3, 1), 1)]
+        """
+        cdef Py_ssize_t i
+        cdef list out = []
+        cdef Run r
+        for i in range(self.cap):
+            r = self.slot[i]       # copied out: the appends below allocate
+            if r.nw != 0:
+                out.append(((r.pfn, r.nw >> 1), r.count))
+        return out
+
+    def clear(self):
+        """Forget every run.
+
+        >>> rec = DirtyRecord(); rec.add(3, 1); rec.clear(); len(rec)
+        0
+        """
+        PyMem_Free(self.slot)
+        self.slot = NULL
+        self.cap = self.used = 0
+
+    def __len__(self):
+        return self.used
+
+    def __repr__(self):
+        return f"DirtyRecord({dict(sorted(self.items()))!r})"
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + self.cap * sizeof(Run)
+
+    def _check(self):
+        """Assert every invariant: counts positive, ``used`` = occupied slots, at
+        most half full, every run reachable from its home slot, npages >= 1.
+
+        >>> rec = DirtyRecord(); rec.add(0, 2); rec._check()
+        """
+        cdef Py_ssize_t i
+        runs_check(self.slot, self.cap, self.used)
+        for i in range(self.cap):
+            assert self.slot[i].nw & 1 == 0, "a dirty run keyed as writable"
 
 
 # ----------------------------------------------------------------------------- memory
@@ -350,7 +484,7 @@ cdef class MemoryCore:
     cdef public long long pinned_vm
     cdef public object dirtied_pages  # cumulative: a Python int, never wraps
     cdef public bint record_dirty
-    cdef public dict dirtied        # (pfn, npages) -> times dirtied (record_dirty)
+    cdef public DirtyRecord _dirty  # (pfn, npages) -> times dirtied (record_dirty)
     cdef public object _memlock     # memlock_pages (validated by UserMemory)
     cdef public bint _simple_pa     # identity placement, every page pinnable
     cdef public bint _simple_va     # every address in the implicit shared mapping
@@ -358,7 +492,7 @@ cdef class MemoryCore:
 
     def __cinit__(self, *args, **kwargs):
         self._pins = {}
-        self.dirtied = {}
+        self._dirty = DirtyRecord()
         self._files = {}
 
     cpdef _file_get(self, owner, file):
@@ -410,25 +544,6 @@ cdef inline PinLedger _ledger(MemoryCore mem, object owner):
     if book == NULL or type(<object>book) is not PinLedger:
         return None
     return <PinLedger>book
-
-
-cdef inline int _count_dirty(dict d, uint64_t pfn, uint64_t n) except -1:
-    # d[(pfn, n)] = d.get((pfn, n), 0) + 1 (UserMemory.unpin's record), one lookup
-    # through the C API; the key, a tuple of two ints, can be in no reference cycle:
-    # untracked, as the collector itself would untrack it at its first pass, so the
-    # record of every page ever dirtied costs the collector nothing
-    cdef object key
-    cdef PyObject *found
-    if d is None:                     # as UserMemory.unpin's d.get on None
-        raise AttributeError("'NoneType' object has no attribute 'get'")
-    key = (pfn, n)
-    found = PyDict_GetItem(d, key)
-    PyObject_GC_UnTrack(<void *>key)
-    if found == NULL:
-        d[key] = 1
-    else:
-        d[key] = <object>found + 1
-    return 0
 
 
 # ----------------------------------------------------------------------------- device
@@ -720,7 +835,10 @@ cdef class DeviceCore:
                 if writable:
                     mem.dirtied_pages += n
                     if mem.record_dirty:
-                        _count_dirty(mem.dirtied, m_addr >> self._shift, n)
+                        if mem._dirty is None:        # as UserMemory.unpin's call
+                            raise AttributeError("'NoneType' object has no attribute "
+                                                 "'add'")
+                        mem._dirty._add(m_addr >> self._shift, n)
                 self._pinned -= <long long>n
             if dev_unmap is not None:
                 try:

@@ -1,10 +1,12 @@
 """The device core's pure-Python twin: the same names as the compiled ``iotlb._device``.
 
-Three pieces of :mod:`iotlb.vdpa` and :mod:`iotlb.usermem` are hot on the ``write()``
+Four pieces of :mod:`iotlb.vdpa` and :mod:`iotlb.usermem` are hot on the ``write()``
 path and are therefore compiled when the engine is (``iotlb.IMPLEMENTATION``):
 
 * :class:`PinLedger` -- one owner's pinned runs, ``(pfn, npages, writable) -> count``
   (the page references ``pin_user_pages`` takes, counted per run, never per page);
+* :class:`DirtyRecord` -- the runs dirtied on unpin, ``(pfn, npages) -> times``
+  (``UserMemory.dirtied``; compiled, the same open-addressing table as the ledger);
 * :class:`MemoryCore` -- the base of :class:`iotlb.usermem.UserMemory` that holds the
   books the fast path touches (``pinned_vm``, ``dirtied_pages``, the ledgers);
 * :class:`DeviceCore` -- the base of :class:`iotlb.vdpa.VhostVdpa` whose ``write()``
@@ -32,7 +34,7 @@ from ._map import u64
 from .errors import IOTLBError
 from .wire import VHOST_MSG_SIZE, _bytes_view
 
-__all__ = ["PinLedger", "MemoryCore", "DeviceCore"]
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
 
 _NPAGES_MAX = (1 << 63) - 1
 
@@ -132,6 +134,69 @@ class PinLedger:
         assert all(c > 0 for c in self._runs.values()), "non-positive pin count"
         assert self._pages == sum(k[1] * c for k, c in self._runs.items()), \
             "pages != sum of runs"
+
+
+class DirtyRecord:
+    """The runs dirtied on unpin, counted: ``(pfn, npages) -> times`` (count > 0).
+    It only grows, until :meth:`clear`; :meth:`items` lists the runs in no particular
+    order.  ``UserMemory.dirtied`` is a dict made from it.
+
+    >>> rec = DirtyRecord(); rec.add(7, 2); rec.add(7, 2); rec.add(9, 1)
+    >>> len(rec), rec.count(7, 2), rec.count(7, 1), sorted(rec.items())
+    (2, 2, 0, [((7, 2), 2), ((9, 1), 1)])
+    """
+
+    __slots__ = ("_runs",)
+
+    def __init__(self) -> None:
+        self._runs: dict = {}
+
+    def add(self, pfn: int, npages: int) -> None:
+        """Count one more dirtying of the run.
+
+        >>> rec = DirtyRecord(); rec.add(1, 1); rec.count(1, 1)
+        1
+        """
+        key = _run_key(pfn, npages, False)[:2]
+        self._runs[key] = self._runs.get(key, 0) + 1
+
+    def count(self, pfn: int, npages: int) -> int:
+        """How many times the run was dirtied (0 if never).
+
+        >>> DirtyRecord().count(5, 1)
+        0
+        """
+        return self._runs.get(_run_key(pfn, npages, False)[:2], 0)
+
+    def items(self) -> list:
+        """``[((pfn, npages), count), ...]`` in no particular order.
+
+        >>> rec = DirtyRecord(); rec.add(3, 1); rec.items()
+        [((3, 1), 1)]
+        """
+        return list(self._runs.items())
+
+    def clear(self) -> None:
+        """Forget every run.
+
+        >>> rec = DirtyRecord(); rec.add(3, 1); rec.clear(); len(rec)
+        0
+        """
+        self._runs.clear()
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def __repr__(self) -> str:
+        return f"DirtyRecord({dict(sorted(self._runs.items()))!r})"
+
+    def _check(self) -> None:
+        """Assert every invariant: counts positive, npages >= 1.
+
+        >>> rec = DirtyRecord(); rec.add(0, 2); rec._check()
+        """
+        assert all(c > 0 for c in self._runs.values()), "non-positive count"
+        assert all(n >= 1 for _, n in self._runs), "a run of no page"
 
 
 class MemoryCore:

@@ -38,9 +38,9 @@ from . import IMPLEMENTATION
 from ._map import U64_MAX, u64
 
 if IMPLEMENTATION == "cython":
-    from ._device import MemoryCore, PinLedger
+    from ._device import DirtyRecord, MemoryCore, PinLedger
 else:
-    from ._pydevice import MemoryCore, PinLedger
+    from ._pydevice import DirtyRecord, MemoryCore, PinLedger
 
 __all__ = ["UserMemory", "Vma", "MapFile"]
 
@@ -141,7 +141,7 @@ class UserMemory(MemoryCore):
         self._files: dict = {}       # owner -> Counter(file -> refs)
         self.pinned_vm = 0
         self.dirtied_pages = 0
-        self.dirtied: dict = {}      # (pfn, npages) -> times dirtied (record_dirty)
+        self._dirty = DirtyRecord()  # (pfn, npages) -> times dirtied (record_dirty)
 
     # ------------------------------------------------------------ mode
     @property
@@ -493,9 +493,7 @@ class UserMemory(MemoryCore):
         if writable:
             self.dirtied_pages += npages
             if self.record_dirty:
-                d = self.dirtied
-                k = (pfn, npages)
-                d[k] = d.get(k, 0) + 1
+                self._dirty.add(pfn, npages)
 
     def leak(self, owner, pfn: int, npages: int, writable: bool) -> None:
         """Record pages that stay pinned with no IOTLB entry and no ``pinned_vm``
@@ -594,7 +592,18 @@ class UserMemory(MemoryCore):
         >>> mem.dirty_count(9), mem.dirty_count(10)
         (1, 0)
         """
-        return sum(c for (p, n), c in self.dirtied.items() if p <= pfn < p + n)
+        return sum(c for (p, n), c in self._dirty.items() if p <= pfn < p + n)
+
+    @property
+    def dirtied(self) -> dict:
+        """The runs dirtied on unpin so far, ``{(pfn, npages): times}`` (needs
+        ``record_dirty``): a new dict each time, made from the record (O(runs)).
+
+        >>> mem = UserMemory(); mem.pin("d", 8, 2, True); mem.unpin("d", 8, 2, True)
+        >>> mem.dirtied, mem.dirtied_pages
+        ({(8, 2): 1}, 2)
+        """
+        return dict(self._dirty.items())
 
     # ------------------------------------------------------------ files
     def get_file(self, owner, vma: Vma, uaddr: int) -> MapFile:

@@ -20,9 +20,11 @@ except ImportError:  # pragma: no cover - depends on the build
 
 ENGINES = {"python": _pyengine.IOTLB}
 LEDGERS = {"python": _pydevice.PinLedger}
+RECORDS = {"python": _pydevice.DirtyRecord}
 if _engine is not None:
     ENGINES["cython"] = _engine.IOTLB
     LEDGERS["cython"] = _device.PinLedger
+    RECORDS["cython"] = _device.DirtyRecord
 
 
 @pytest.fixture(params=sorted(ENGINES), ids=lambda name: name)
@@ -41,6 +43,12 @@ def all_engines():
 def PinLedger(request):
     """The pin ledger class under test (compiled device core, then its twin)."""
     return LEDGERS[request.param]
+
+
+@pytest.fixture(params=sorted(RECORDS), ids=lambda name: name)
+def DirtyRecord(request):
+    """The dirty record class under test (compiled device core, then its twin)."""
+    return RECORDS[request.param]
 
 
 @pytest.fixture(scope="session")

@@ -143,3 +143,39 @@ def test_random_sequences_agree_with_a_counter(all_ledgers, ops):
                 assert book.unpin(*k) == present
     for book in books.values():
         _agree(book, model)
+
+
+# ----------------------------------------------------------------------------- DirtyRecord
+def test_dirty_record_counts_runs_and_grows(DirtyRecord):
+    """The dirty record (UserMemory's runs dirtied on unpin) against a Counter: runs
+    that collide (same pfn, other lengths; pfns that differ in high bits), through
+    many table growths, ``_check()`` along the way; then clear()."""
+    rng = random.Random(11)
+    rec, model = DirtyRecord(), Counter()
+    assert len(rec) == 0 and rec.items() == [] and rec.count(0, 1) == 0
+    keys = [(p << 40 | (i % 3), n) for p in range(300) for i, n in enumerate((1, 2, 3, 512))]
+    keys += [(2**64 - 1, 1), (0, 2**63 - 1)]
+    for step in range(5000):
+        k = rng.choice(keys)
+        rec.add(*k)
+        model[k] += 1
+        if step % 500 == 0:
+            rec._check()
+            assert Counter(dict(rec.items())) == model
+    rec._check()
+    assert Counter(dict(rec.items())) == model and len(rec) == len(model)
+    assert all(rec.count(*k) == c for k, c in model.items())
+    rec.clear()
+    rec._check()
+    assert len(rec) == 0 and rec.items() == [] and rec.count(*keys[0]) == 0
+    rec.add(5, 1)
+    assert rec.items() == [((5, 1), 1)]
+
+
+@pytest.mark.parametrize("bad", [(-1, 1), (2**64, 1), (0, 0), (0, 2**63), ("x", 1)])
+def test_dirty_record_bad_runs_raise_and_change_nothing(DirtyRecord, bad):
+    rec = DirtyRecord()
+    rec.add(1, 1)
+    with pytest.raises((ValueError, TypeError, OverflowError)):
+        rec.add(*bad)
+    assert rec.items() == [((1, 1), 1)]

@@ -213,8 +213,46 @@ cdef int _run_key(object pfn, object npages, object writable, uint64_t *p,
     return 0
 
 
+cdef class _RunTable:
+    """(internal) The storage of :class:`PinLedger` and :class:`DirtyRecord`: an
+    open-addressing table of runs (``runs_find``/``runs_slot``/``runs_rehash``), at
+    most half full; ``items()`` is the subclass's."""
+
+    cdef Run *slot
+    cdef Py_ssize_t cap       # a power of two, or 0 before the first run
+    cdef Py_ssize_t used
+
+    def __dealloc__(self):
+        PyMem_Free(self.slot)
+
+    def __len__(self):
+        return self.used
+
+    def __repr__(self):
+        return f"{type(self).__name__}({dict(sorted(self.items()))!r})"
+
+    def __sizeof__(self):
+        return object.__sizeof__(self) + self.cap * sizeof(Run)
+
+    cdef list _items(self, bint writable):
+        # [((pfn, npages, writable) or (pfn, npages), count), ...], in slot order.
+        # The tuples allocate, so a collection may run a finalizer that changes the
+        # table (clear(), a pin that rehashes): the bound and the table are read
+        # again at every slot, never kept across an allocation
+        cdef Py_ssize_t i = 0
+        cdef list out = []
+        cdef Run r
+        while i < self.cap:
+            r = self.slot[i]
+            i += 1
+            if r.nw != 0:
+                out.append((((r.pfn, r.nw >> 1, bool(r.nw & 1)) if writable
+                             else (r.pfn, r.nw >> 1)), r.count))
+        return out
+
+
 @cython.final
-cdef class PinLedger:
+cdef class PinLedger(_RunTable):
     """One owner's pinned runs: ``(pfn, npages, writable) -> count`` (count > 0).
 
     ``pages`` is the sum of ``npages * count`` -- what the owner charged to
@@ -226,13 +264,7 @@ cdef class PinLedger:
     (PinLedger({(7, 2, False): 1}), True, 0)
     """
 
-    cdef Run *slot
-    cdef Py_ssize_t cap       # a power of two, or 0 before the first pin
-    cdef Py_ssize_t used
     cdef int64_t _pages
-
-    def __dealloc__(self):
-        PyMem_Free(self.slot)
 
     # ---------------------------------------------------------------- C level
     cdef inline Py_ssize_t _find(self, uint64_t pfn, uint64_t nw) noexcept:
@@ -342,23 +374,7 @@ cdef class PinLedger:
         >>> book = PinLedger(); book.pin(3, 1, False); book.items()
         [((3, 1, False), 1)]
         """
-        cdef Py_ssize_t i
-        cdef list out = []
-        cdef Run r
-        for i in range(self.cap):
-            r = self.slot[i]       # copied out: the appends below allocate
-            if r.nw != 0:
-                out.append(((r.pfn, r.nw >> 1, bool(r.nw & 1)), r.count))
-        return out
-
-    def __len__(self):
-        return self.used
-
-    def __repr__(self):
-        return f"PinLedger({dict(sorted(self.items()))!r})"
-
-    def __sizeof__(self):
-        return object.__sizeof__(self) + self.cap * sizeof(Run)
+        return self._items(True)
 
     def _check(self):
         """Assert every invariant: counts positive, ``pages`` = Σ npages * count,
@@ -377,7 +393,7 @@ cdef class PinLedger:
 
 
 @cython.final
-cdef class DirtyRecord:
+cdef class DirtyRecord(_RunTable):
     """The runs dirtied on unpin, counted: ``(pfn, npages) -> times`` (count > 0).
     It only grows, until :meth:`clear`; :meth:`items` lists the runs in no particular
     order.  ``UserMemory.dirtied`` is a dict made from it.
@@ -387,12 +403,6 @@ cdef class DirtyRecord:
     (2, 2, 0, [((7, 2), 2), ((9, 1), 1)])
     """
 
-    cdef Run *slot            # keyed (pfn, npages << 1): PinLedger's table, not writable
-    cdef Py_ssize_t cap       # a power of two, or 0 before the first run
-    cdef Py_ssize_t used
-
-    def __dealloc__(self):
-        PyMem_Free(self.slot)
 
     cdef int _add(self, uint64_t pfn, uint64_t npages) except -1:
         # one more dirtying of the run (1 <= npages < 2**63); MemoryError, nothing
@@ -429,14 +439,7 @@ cdef class DirtyRecord:
         >>> rec = DirtyRecord(); rec.add(3, 1); rec.items()
         [((3, 1), 1)]
         """
-        cdef Py_ssize_t i
-        cdef list out = []
-        cdef Run r
-        for i in range(self.cap):
-            r = self.slot[i]       # copied out: the appends below allocate
-            if r.nw != 0:
-                out.append(((r.pfn, r.nw >> 1), r.count))
-        return out
+        return self._items(False)
 
     def clear(self):
         """Forget every run.
@@ -447,15 +450,6 @@ cdef class DirtyRecord:
         PyMem_Free(self.slot)
         self.slot = NULL
         self.cap = self.used = 0
-
-    def __len__(self):
-        return self.used
-
-    def __repr__(self):
-        return f"DirtyRecord({dict(sorted(self.items()))!r})"
-
-    def __sizeof__(self):
-        return object.__sizeof__(self) + self.cap * sizeof(Run)
 
     def _check(self):
         """Assert every invariant: counts positive, ``used`` = occupied slots, at

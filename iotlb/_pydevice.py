@@ -118,7 +118,7 @@ class PinLedger:
         >>> book = PinLedger(); book.pin(3, 1, False); book.items()
         [((3, 1, False), 1)]
         """
-        return list(self._runs.items())
+        return list(self._runs.copy().items())   # a copy: a finalizer may change _runs
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -174,7 +174,7 @@ class DirtyRecord:
         >>> rec = DirtyRecord(); rec.add(3, 1); rec.items()
         [((3, 1), 1)]
         """
-        return list(self._runs.items())
+        return list(self._runs.copy().items())   # a copy: a finalizer may change _runs
 
     def clear(self) -> None:
         """Forget every run.

@@ -179,3 +179,49 @@ def test_dirty_record_bad_runs_raise_and_change_nothing(DirtyRecord, bad):
     with pytest.raises((ValueError, TypeError, OverflowError)):
         rec.add(*bad)
     assert rec.items() == [((1, 1), 1)]
+
+
+def _items_under_a_clearing_finalizer(table, fill, empty) -> list:
+    """table.items() while code run by a garbage collection (here a gc callback, as
+    a finalizer would be) empties the table after the walk has begun."""
+    import gc
+    for i in range(1000):
+        fill(i)
+    seen = []
+
+    def collecting(phase, info):
+        if phase == "start":
+            seen.append(len(table))
+            if len(seen) == 5:         # a few collections into the walk
+                empty()
+
+    old = gc.get_threshold()
+    gc.collect()
+    gc.callbacks.append(collecting)
+    gc.set_threshold(1)                # a collection at nearly every tuple
+    try:
+        out = table.items()
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(collecting)
+    assert len(seen) >= 5 and seen[4] == 1000, seen[:8]   # emptied mid-walk
+    return out
+
+
+def test_ledger_items_survive_a_finalizer_that_empties_it(PinLedger):
+    """items() allocates a tuple per run: a collection in the middle may run a
+    finalizer that empties the table (which then halves); the walk must not read
+    freed slots (the compiled walk kept its bound and crashed the process)."""
+    book = PinLedger()
+    out = _items_under_a_clearing_finalizer(
+        book, lambda i: book.pin(i, 1, True),
+        lambda: [book.unpin(i, 1, True) for i in range(1000)])
+    assert len(book) == 0 and len(out) <= 1000
+    book._check()
+
+
+def test_dirty_record_items_survive_a_finalizer_that_clears_it(DirtyRecord):
+    rec = DirtyRecord()
+    out = _items_under_a_clearing_finalizer(rec, lambda i: rec.add(i, 1), rec.clear)
+    assert len(rec) == 0 and len(out) <= 1000
+    rec._check()

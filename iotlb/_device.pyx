@@ -783,7 +783,7 @@ cdef class DeviceCore:
         cdef Py_ssize_t version
         cdef MemoryCore mem = self._mem
         cdef PinLedger pins
-        cdef bint writable, use_va, dma, asked = False
+        cdef bint writable, use_va, dma
         if mem is None or size - 1 > UMAX - iova:
             return 0
         last = iova + size - 1
@@ -809,13 +809,10 @@ cdef class DeviceCore:
             dma = getattr(backend, "dma_map", None) is not None
             if dma:
                 dev_unmap = backend.dma_unmap
+            elif getattr(backend, "set_map", None) is None:
+                dev_unmap = backend.iommu_unmap
             else:
-                set_map = getattr(backend, "set_map", None)
-                if set_map is None:
-                    dev_unmap = backend.iommu_unmap
-                else:
-                    dev_unmap = None
-                    asked = True              # and no parent code runs until the end
+                dev_unmap = None
             if use_va:
                 mem._file_put(self, ctx.file)                # fput
             else:
@@ -847,8 +844,7 @@ cdef class DeviceCore:
                 ctx = None                            # released with the tree whole
             else:
                 iotlb.unmap(iova, last)
-        if not asked:
-            set_map = getattr(backend, "set_map", None)
+        set_map = getattr(backend, "set_map", None)
         if set_map is not None and not self._in_batch:
             try:
                 set_map(asid, iotlb)

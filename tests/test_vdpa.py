@@ -1182,10 +1182,10 @@ def _script(dev):
     w(U(0x40000, 0x8000, 0x40000))
     w(U(0x50000, PAGE, 0x50000, asid=1))      # asid ignored (not acked) → asid 0
     w(encode(VHOST_IOTLB_BATCH_END))
-    dev.backend.fail[{DmaParent: "dma_map", SetMapParent: "set_map",
-                      PlatformParent: "iommu_map"}[type(dev.backend)]] = {
-        dev.backend.counts[{DmaParent: "dma_map", SetMapParent: "set_map",
-                            PlatformParent: "iommu_map"}[type(dev.backend)]] + 1}
+    op = next(name for cls, name in ((DmaParent, "dma_map"), (SetMapParent, "set_map"),
+                                     (PlatformParent, "iommu_map"))
+              if isinstance(dev.backend, cls))
+    dev.backend.fail[op] = {dev.backend.counts[op] + 1}
     w(U(0x60000, PAGE, 0x60000))              # device failure → rollback
     w(U(0, PAGE, 0))                          # iova 0
     w(I(0, 0x100000))
@@ -1207,6 +1207,31 @@ def test_write_fast_path_matches_reference_handler(cls, use_va):
                      dev.usermem.pins(dev), dev.usermem.file_refs(dev),
                      dev.usermem.dirtied_pages, dev.backend.calls))
     assert runs[0] == runs[1]
+
+
+_MAP_OPS = frozenset(("set_map", "dma_map", "dma_unmap", "iommu_map", "iommu_unmap"))
+
+
+@pytest.mark.parametrize("cls", [DmaParent, SetMapParent, PlatformParent])
+def test_write_fast_path_looks_ops_up_as_the_reference(cls):
+    """The fast path asks the parent for its mapping ops (``ops->set_map`` ...)
+    exactly as often as the reference path: a parent whose op is computed on each
+    lookup (a property, ``__getattr__``) sees the same sequence either way."""
+    class Counting(cls):
+        def __getattribute__(self, name):
+            if name in _MAP_OPS:
+                object.__getattribute__(self, "lookups").append(name)
+            return object.__getattribute__(self, name)
+
+    runs = []
+    for fast in (True, False):
+        parent = Counting()
+        parent.lookups = []
+        dev = opened(parent)
+        dev._fast = fast
+        _script(dev)
+        runs.append(parent.lookups)
+    assert runs[0] == runs[1] and runs[0]
 
 
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array-Q",

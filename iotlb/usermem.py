@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from typing import List, NamedTuple, Optional, Tuple
+from types import MappingProxyType
+from typing import List, Mapping, NamedTuple, Optional, Tuple
 
 from . import IMPLEMENTATION
 from ._map import U64_MAX, u64
@@ -595,15 +596,30 @@ class UserMemory(MemoryCore):
         return sum(c for (p, n), c in self._dirty.items() if p <= pfn < p + n)
 
     @property
-    def dirtied(self) -> dict:
+    def dirtied(self) -> Mapping[Tuple[int, int], int]:
         """The runs dirtied on unpin so far, ``{(pfn, npages): times}`` (needs
-        ``record_dirty``): a new dict each time, made from the record (O(runs)).
+        ``record_dirty``): a read-only snapshot made from the record (O(runs)), which
+        later unpins do not change; :meth:`clear_dirtied` forgets the record.
 
         >>> mem = UserMemory(); mem.pin("d", 8, 2, True); mem.unpin("d", 8, 2, True)
-        >>> mem.dirtied, mem.dirtied_pages
+        >>> dict(mem.dirtied), mem.dirtied_pages
         ({(8, 2): 1}, 2)
+        >>> mem.dirtied.clear()
+        Traceback (most recent call last):
+        ...
+        AttributeError: 'mappingproxy' object has no attribute 'clear'
         """
-        return dict(self._dirty.items())
+        return MappingProxyType(dict(self._dirty.items()))
+
+    def clear_dirtied(self) -> None:
+        """Forget the runs dirtied so far (:attr:`dirtied`); ``dirtied_pages``, the
+        total, keeps counting.
+
+        >>> mem = UserMemory(); mem.pin("d", 8, 2, True); mem.unpin("d", 8, 2, True)
+        >>> mem.clear_dirtied(); len(mem.dirtied), mem.dirtied_pages
+        (0, 2)
+        """
+        self._dirty.clear()
 
     # ------------------------------------------------------------ files
     def get_file(self, owner, vma: Vma, uaddr: int) -> MapFile:

@@ -521,6 +521,16 @@ def test_pa_unmap_dirties_exactly_writable_entries():
     mem = dev.usermem
     assert dev.dirtied_pages == 2
     assert (mem.dirty_count(0x10), mem.dirty_count(0x20), mem.dirty_count(0x30)) == (0, 1, 1)
+    # the record, as a read-only snapshot; clear_dirtied() forgets it, not the total
+    snap = mem.dirtied
+    assert snap == {(0x20, 1): 1, (0x30, 1): 1}
+    dev.update(0x20000, PAGE, 0x30000, perm=3)
+    dev.invalidate(0x20000, PAGE)
+    assert snap == {(0x20, 1): 1, (0x30, 1): 1} and mem.dirtied[(0x30, 1)] == 2
+    with pytest.raises((TypeError, AttributeError)):
+        mem.dirtied[(0x30, 1)] = 0
+    mem.clear_dirtied()
+    assert mem.dirtied == {} and mem.dirty_count(0x30) == 0 and dev.dirtied_pages == 3
 
 
 def test_pa_map_fault_in_strict_memory():

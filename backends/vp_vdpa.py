@@ -56,20 +56,27 @@ def intel_map_prot_check(prot: int, perm: int) -> None:
     (drivers/iommu/generic_pt/iommu_pt.h, ``!(prot & (IOMMU_READ | IOMMU_WRITE))``,
     "iommu/vt-d: Use the generic iommu page table").
 
-    >>> intel_map_prot_check(iommu_prot(3), 3)
+    >>> intel_map_prot_check(iommu_prot(3), 3), intel_map_prot_check(4 | 1, 3)
+    (None, None)
+    >>> intel_map_prot_check(4, 3)             # IOMMU_CACHE alone: neither
+    Traceback (most recent call last):
+    ...
+    iotlb.errors.IOTLBError: [EINVAL] iommu_map: perm 0x3 gives neither IOMMU_READ nor IOMMU_WRITE (intel-iommu refuses it)
     >>> intel_map_prot_check(iommu_prot(4), 4)
     Traceback (most recent call last):
     ...
     iotlb.errors.IOTLBError: [EINVAL] iommu_map: perm 0x4 gives neither IOMMU_READ nor IOMMU_WRITE (intel-iommu refuses it)
     """
-    # iommu_prot answers members of Perm, and NONE is the one with neither READ nor
-    # WRITE: an identity test (IntFlag's ``&`` runs Python code, ~0.7 us)
-    if prot is _PERM_NONE:
+    # iommu_prot answers members of Perm: RW, RO and WO pass by identity (IntFlag's
+    # ``&`` runs Python code, ~0.7 us); anything else is tested as the kernel does
+    if prot is not _RW and prot is not _RO and prot is not _WO \
+            and not int(prot) & _READ_WRITE:
         raise IOTLBError(errno.EINVAL, f"iommu_map: perm {perm:#x} gives neither "
                          "IOMMU_READ nor IOMMU_WRITE (intel-iommu refuses it)")
 
 
-_PERM_NONE = Perm.NONE
+_RW, _RO, _WO = Perm.RW, Perm.RO, Perm.WO
+_READ_WRITE = int(Perm.RW)              # IOMMU_READ | IOMMU_WRITE
 
 
 class VpVdpa(PlatformIommu):

@@ -158,7 +158,8 @@ class Vduse(Backend):
         #: config generation, bumped by every reset (``dev->generation++``)
         self.generation = 0
         #: the last :attr:`MESSAGES_KEPT` messages the daemon answered, ``(type, ...)``
-        #: tuples, oldest first (a bounded log: a replay sends one per message)
+        #: tuples, oldest first: a ``collections.deque`` (a list until 2026-12; a
+        #: replay sends one per message, so the log is bounded)
         self.messages = collections.deque(maxlen=self.MESSAGES_KEPT)
         #: how many messages the daemon answered in all
         self.messages_sent = 0

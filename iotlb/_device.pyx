@@ -6,6 +6,8 @@ Same names and answers as the pure twin ``iotlb._pydevice``:
 * :class:`PinLedger` -- one owner's pinned runs ``(pfn, npages, writable) -> count``
   in an open-addressing hash table in C memory (linear probing, backward-shift
   deletion; 24 bytes a slot, at most half full);
+* :class:`DirtyRecord` -- the runs dirtied on unpin ``(pfn, npages) -> times``, in
+  the same kind of table (it only grows, until ``clear()``);
 * :class:`MemoryCore` -- the base of :class:`iotlb.usermem.UserMemory`: the books the
   fast path touches, as C fields;
 * :class:`DeviceCore` -- the base of :class:`iotlb.vdpa.VhostVdpa`: ``write()``.

@@ -15,9 +15,10 @@ median ns per call):
 * ``IOTLB.first(q, q)``: the compiled engine (call, conversion, walk, Map);
 * the SortedDict model's ``first(q, q)`` (``iotlb.bench.SortedDictModel``).
 
-and prints each one's time over ``first()``'s.  A lookup that returns a fresh Map of
-ints cannot cost less than the second line; the SortedDict model's ratio to it bounds
-what ``first()`` can reach against that model at this N.
+and prints each one's time over ``first()``'s.  A lookup that builds a fresh Map of
+fresh ints cannot cost less than the second line; on CPython < 3.12 ``first()``
+refills a Map and its ints that nobody else holds in place (see docs/performance.md),
+which is how it can come in under it.
 """
 from __future__ import annotations
 

@@ -71,9 +71,11 @@ cdef extern from *:
        enumerate() reuse their result tuples the same way).  Nobody else holds it, so
        nobody can tell; its items are ints and None, so keeping it alive keeps nothing
        else alive (a Map with a ctx is never kept: a ctx's lifetime is the user's).
-       Not where a tuple caches its hash (3.14) or references are not counted under
-       one lock (free-threaded builds). */
-    #if PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+       Only on CPython (another runtime counts references its own way), not where a
+       tuple caches its hash (3.14) or references are not counted under one lock
+       (free-threaded builds). */
+    #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX < 0x030E0000 \
+        && !defined(Py_GIL_DISABLED)
     #define IOTLB_MAP_SPARES 2
     static PyObject *iotlb_map_spare[IOTLB_MAP_SPARES];
     static int iotlb_map_next;

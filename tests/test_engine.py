@@ -848,6 +848,60 @@ def test_a_held_int_never_changes_while_later_lookups_run(IOTLB):
     assert all(operator.is_(x, int(str(x))) for x in small[:4])   # the shared small ints
 
 
+def test_refilled_small_values_are_the_shared_small_ints(IOTLB):
+    # A value CPython keeps as a shared small int (0..256) never goes into a refilled
+    # int in place: whatever int the spare held before (1 digit, or 2), the result
+    # holds the shared one.
+    import operator
+    t = IOTLB()
+    t.map(0x101, 0x1FF, 0x3000, 1)                # one 30-bit digit each
+    t.map(1 << 40, (1 << 40) + 0xFF, 1 << 50, 1)  # two each
+    t.map(0x100, 0x100, 0, 1)                     # 256, 256, 0
+    t.map(0x10, 0x1F, 0x100, 3)
+    for before in (0x101, 1 << 40):
+        for q in (0x100, 0x10):
+            for _ in range(3):                     # both spare slots, both orders
+                m = t.first(before, before)
+                del m
+                m = t.first(q, q)
+                assert all(operator.is_(x, int(str(x))) for x in m[:4]), m
+                del m
+
+
+def test_a_refill_that_runs_out_of_memory_changes_nothing():
+    # iotlb_map_refill makes every new int before it changes anything: a MemoryError
+    # at any allocation leaves the spare Map (and what later lookups return) intact.
+    _testcapi = pytest.importorskip("_testcapi")
+    if not hasattr(_testcapi, "set_nomemory"):
+        pytest.skip("_testcapi.set_nomemory is not in this build")
+    from iotlb import IMPLEMENTATION
+    if IMPLEMENTATION != "cython":
+        pytest.skip("the refill is the compiled engine's")
+    from iotlb._engine import IOTLB as CIOTLB
+    t = CIOTLB()
+    a, b = 1 << 40, 300
+    t.map(a, a + 0xFF, 1 << 59, 1)
+    t.map(b, b, 1 << 61, 2)
+    outcomes = set()
+    for n in range(8):
+        m = t.first(a, a)
+        before = tuple(m)
+        del m
+        _testcapi.set_nomemory(n, 0)
+        try:
+            r = t.first(b, b)
+        except MemoryError:
+            r = None
+        finally:
+            _testcapi.remove_mem_hooks()
+        outcomes.add(r is None)
+        if r is not None:
+            assert tuple(r) == (b, b, 1 << 61, 2, None)
+            del r
+        assert tuple(t.first(a, a)) == before == (a, a + 0xFF, 1 << 59, 1, None)
+    assert outcomes == {True, False}        # some allocations failed, later ones not
+
+
 def test_a_map_with_ctx_is_not_kept_alive_by_the_engine(IOTLB):
     # Only ctx-less Maps are ever kept for refilling: a ctx lives as long as the caller
     # (and the tree) hold it, not longer.

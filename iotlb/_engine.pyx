@@ -115,8 +115,9 @@ cdef extern from *:
     #endif
 
     #ifdef IOTLB_MAP_SPARES
-    /* The spare o (only the spare slot holds it) with the values s, l, a, p: a new
-       reference, or NULL with o unchanged. */
+    /* The spare o (only the spare slot holds it) refilled with x = start, last,
+       addr, perm (its ctx is None already): a new reference, or NULL with o
+       unchanged. */
     static PyObject *iotlb_map_refill(PyObject *o, const unsigned long long x[4])
     {
         PyObject *v[4], *old[4];

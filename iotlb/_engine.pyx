@@ -194,8 +194,9 @@ cdef extern from *:
         return NULL;
     }
 
-    /* Touch every cache line of [p, p + n) at once, so a search over a node's keys
-       waits for one memory round trip instead of one per probe. */
+    /* Touch every cache line of [p, p + n) at once (the line of its last byte too,
+       when p is not on a line boundary), so a search over a node's keys waits for
+       one memory round trip instead of one per probe. */
     #if defined(__GNUC__) || defined(__clang__)
     #define IOTLB_PF(p) __builtin_prefetch((const void *)(p))
     #else
@@ -205,7 +206,9 @@ cdef extern from *:
     {
         const char *c = (const char *)p;
         size_t k;
+        if (n == 0) return;
         for (k = 0; k < n; k += 64) IOTLB_PF(c + k);
+        IOTLB_PF(c + n - 1);
     }
 
     /* The first k in [0, n) with a[k] >= s, a ascending (a prefix-max array), or n.
@@ -224,6 +227,7 @@ cdef extern from *:
     }
     """
     void iotlb_prefetch(const void *p, size_t n) noexcept nogil
+    void IOTLB_PF(const void *p) noexcept nogil
     int iotlb_lower(const uint64_t *a, int n, uint64_t s) noexcept nogil
     object iotlb_make_map(object type, uint64_t s, uint64_t l, uint64_t a, uint64_t p,
                           object ctx)
@@ -849,6 +853,29 @@ cdef int find_rec(void *node, int level, uint64_t span, uint64_t s, uint64_t l,
     return 0
 
 
+cdef inline void leaf_prefetch(Leaf *f) noexcept:
+    # start loading every line of f's first f.n slots: the prefix maxima first (the
+    # search reads a line of each block of 8), then start, last, addr and meta block
+    # by block, so that the four lines of the slot the search picks arrive close
+    # together instead of meta's a whole leaf after start's; the last slot's lines
+    # too, which a leaf not aligned to a cache line puts one line past the blocks'.
+    # first() at N = 10^6, 8 rounds in shuffled order, two builds of this form:
+    # 0.885x and 0.89x the time of array by array; the same lines from one loop that
+    # clamps its index to the last slot measured 1.10x (performance.md)
+    cdef int i
+    iotlb_prefetch(f.pmax, f.n * sizeof(uint64_t))
+    for i in range(0, f.n, 8):
+        IOTLB_PF(&f.start[i])
+        IOTLB_PF(&f.last[i])
+        IOTLB_PF(&f.addr[i])
+        IOTLB_PF(&f.meta[i])
+    i = f.n - 1
+    IOTLB_PF(&f.start[i])
+    IOTLB_PF(&f.last[i])
+    IOTLB_PF(&f.addr[i])
+    IOTLB_PF(&f.meta[i])
+
+
 cdef inline bint t_first(Tree *t, uint64_t s, uint64_t l, Path *p) noexcept:
     # vhost_iotlb_itree_first: the first entry in key order with last >= s, if it
     # starts at or below l (every later one starts no lower): one descent along the
@@ -877,11 +904,7 @@ cdef inline bint t_first(Tree *t, uint64_t s, uint64_t l, Path *p) noexcept:
         level -= 1
     f = <Leaf *>node
     if big:
-        iotlb_prefetch(f.pmax, f.n * sizeof(uint64_t))
-        iotlb_prefetch(f.start, f.n * sizeof(uint64_t))
-        iotlb_prefetch(f.last, f.n * sizeof(uint64_t))
-        iotlb_prefetch(f.addr, f.n * sizeof(uint64_t))
-        iotlb_prefetch(f.meta, f.n * sizeof(uint64_t))
+        leaf_prefetch(f)
     i = iotlb_lower(f.pmax, f.n, s)
     if i >= f.n or f.start[i] > l:
         return False

@@ -329,7 +329,7 @@ static void sample(std::vector<double> &v, u64 count, u64 min_ns, F f) {
 // the queries, churn runs on it, and a final unmap 0..~0 of the churned tree is timed.
 template <class T>
 static void run(const char *name, const Work &w, u64 m, u64 reps, u64 chunk0, u64 min_ns) {
-    std::vector<double> build, unmap_all, lookup, overlap, iterate, churn;
+    std::vector<double> build, unmap_all, lookup, lookup_dep, overlap, iterate, churn;
     std::vector<Hit> out;
     out.reserve(1024);
     T *t = nullptr;
@@ -359,6 +359,19 @@ static void run(const char *name, const Work &w, u64 m, u64 reps, u64 chunk0, u6
         sample(lookup, w.kl, min_ns, [&] {
             for (u64 i = 0; i < w.kl; i++) if (t->first(w.lookups[i], w.lookups[i], h)) x += h.addr;
         });
+        // the same lookups, each query's address made to depend on the previous
+        // result (d is always 0: x, a sum of < 2^48 addresses, never reaches bit 63),
+        // so the CPU cannot start one lookup's memory loads before the previous one
+        // has finished -- as a call from Python cannot: not a table column, the
+        // analysis in performance.md ("Why 10^6 misses")
+        sample(lookup_dep, w.kl, min_ns, [&] {
+            u64 d = 0;
+            for (u64 i = 0; i < w.kl; i++) {
+                u64 q = w.lookups[i] | d;
+                if (t->first(q, q, h)) x += h.addr;
+                d = x >> 63;
+            }
+        });
         sample(overlap, w.ko, min_ns, [&] {
             for (u64 i = 0; i < w.ko; i++) { t->overlap(w.ov_s[i], w.ov_l[i], out); x += out.size(); }
         });
@@ -381,7 +394,7 @@ static void run(const char *name, const Work &w, u64 m, u64 reps, u64 chunk0, u6
     unmap_all.push_back(double(now_ns() - t0) / live);
     delete t;
     printf("\"%s\": {", name);
-    emit("build", build); emit("unmap_all", unmap_all); emit("lookup", lookup);
+    emit("build", build); emit("unmap_all", unmap_all); emit("lookup", lookup); emit("lookup_dep", lookup_dep);
     emit("overlap", overlap); emit("iterate", iterate); emit("churn", churn);
     printf("\"checks\": {\"lookup_hits\": %llu, \"overlap_results\": %llu, \"len_after_churn\": %zu}}",
            (unsigned long long)hits, (unsigned long long)ovres, live);

@@ -398,13 +398,12 @@ cdef class PinLedger(_RunTable):
 cdef class DirtyRecord(_RunTable):
     """The runs dirtied on unpin, counted: ``(pfn, npages) -> times`` (count > 0).
     It only grows, until :meth:`clear`; :meth:`items` lists the runs in no particular
-    order.  ``UserMemory.dirtied`` is a dict made from it.
+    order.  ``UserMemory.dirtied`` is a read-only snapshot of it.
 
     >>> rec = DirtyRecord(); rec.add(7, 2); rec.add(7, 2); rec.add(9, 1)
     >>> len(rec), rec.count(7, 2), rec.count(7, 1), sorted(rec.items())
     (2, 2, 0, [((7, 2), 2), ((9, 1), 1)])
     """
-
 
     cdef int _add(self, uint64_t pfn, uint64_t npages) except -1:
         # one more dirtying of the run (1 <= npages < 2**63); MemoryError, nothing

@@ -139,7 +139,7 @@ class PinLedger:
 class DirtyRecord:
     """The runs dirtied on unpin, counted: ``(pfn, npages) -> times`` (count > 0).
     It only grows, until :meth:`clear`; :meth:`items` lists the runs in no particular
-    order.  ``UserMemory.dirtied`` is a dict made from it.
+    order.  ``UserMemory.dirtied`` is a read-only snapshot of it.
 
     >>> rec = DirtyRecord(); rec.add(7, 2); rec.add(7, 2); rec.add(9, 1)
     >>> len(rec), rec.count(7, 2), rec.count(7, 1), sorted(rec.items())

@@ -37,13 +37,11 @@ appended to without a prune while no data MR exists.
 """
 from __future__ import annotations
 
-import errno
-import operator
 from typing import Optional
 
 import iotlb
-from iotlb import U64_MAX, IOTLBError, Perm
-from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend
+from iotlb import U64_MAX, Perm
+from iotlb.backend import VDPA_RESET_F_CLEAN_MAP, Backend, identity_iotlb
 from iotlb.kernels import Since
 
 _IOTLB = iotlb.IOTLB
@@ -73,33 +71,35 @@ PER_ASID_MR = Since((6, 7), "(unverified) vdpa/mlx5: MRs per address space",
                     verified=False)
 
 
-class _MR(tuple):
-    """A memory region (``struct mlx5_vdpa_mr``), ``_MR((kind, iotlb))``: ``kind`` is
-    ``"dma"`` or ``"user"``; ``iotlb`` is ``mr->iotlb`` (identity for the DMA MR).  A
-    tuple, so that the MR ``set_map`` builds per message is made in C (a class with an
-    ``__init__`` costs a Python frame, ~1,000 instructions).
+#: A memory region (``struct mlx5_vdpa_mr``) is the plain tuple ``(kind, iotlb)``:
+#: ``kind`` is ``"dma"`` or ``"user"``, ``iotlb`` is ``mr->iotlb`` (identity for the
+#: DMA MR), never changed once the MR is made.  A plain tuple because ``set_map``
+#: makes one per message: building an instance of a tuple subclass with named
+#: fields cost ~1,000 instructions a message more (callgrind).
+_KIND, _TLB = 0, 1
 
-    >>> mr = _MR(("user", None)); mr.kind, mr.iotlb
-    ('user', None)
+#: What ``dup_iotlb`` copies for a NULL source: the identity ``[0, ULLONG_MAX]`` RW,
+#: stored by ``vhost_iotlb_add_range`` as two entries (:func:`identity_iotlb`).
+#: Every copy here is ``dst.add_all(src)`` (``dup_iotlb``'s loop: each entry added in
+#: ascending order, the opaque not copied; O(1) into an empty tree), with this
+#: IOTLB for NULL.  Only ever a source: nothing may change it.
+_DUP_NULL = identity_iotlb(Perm.RW)
+
+
+def _as_iotlb(src) -> "iotlb.IOTLB":
+    """``src`` itself when it is an :class:`iotlb.IOTLB`; otherwise (a plugin test's
+    iterable of Map, or the other engine's IOTLB) a new IOTLB holding its entries,
+    each added in order.
+
+    >>> [(m.start, m.addr) for m in _as_iotlb([iotlb.Map(0x1000, 0x1fff, 0x8000, 3)])]
+    [(4096, 32768)]
     """
-
-    __slots__ = ()
-    kind = property(operator.itemgetter(0))
-    iotlb = property(operator.itemgetter(1))
-
-
-def _dup_iotlb(dst, src) -> None:
-    """``dup_iotlb``: a NULL source is the identity ``[0, ULLONG_MAX]`` RW; otherwise
-    every entry is added in ascending order (``vhost_iotlb_add_range``: the opaque is
-    not copied), :meth:`iotlb.IOTLB.add_all` (O(1) into an empty tree)."""
-    if src is None:
-        dst.map(0, U64_MAX, 0, Perm.RW)
-        return
     if isinstance(src, _IOTLB):
-        dst.add_all(src)
-        return
-    for m in src:                        # any iterable of Map (plugin tests)
-        dst.map(m.start, m.last, m.addr, m.perm)
+        return src
+    tlb = _IOTLB()
+    for m in src:
+        tlb.map(m.start, m.last, m.addr, m.perm)
+    return tlb
 
 
 class Mlx5(Backend):
@@ -126,7 +126,6 @@ class Mlx5(Backend):
                  nvqs: int = 3, iova_range=(0, U64_MAX), umem_uid_0: bool = True,
                  desc_group=None, resume=None, kernel=None) -> None:
         self._options = (ngroups, desc_group, resume)
-        self._per_asid_memo = (None, False)
         super().__init__(nas=nas, ngroups=1 if ngroups is None else ngroups, nvqs=nvqs,
                          iova_range=iova_range, use_va=False, kernel=kernel)
         self.umem_uid_0 = bool(umem_uid_0)
@@ -154,6 +153,11 @@ class Mlx5(Backend):
         if ngroups <= CVQ_GROUP and self.cvq_index is not None:
             raise ValueError(f"a CVQ needs ngroups >= 2, got ngroups={ngroups}")
         self.ngroups = ngroups                  # checked: from here nothing refuses
+        #: ``kernel in PER_ASID_MR``: one MR per address space (else 6.1's one data
+        #: MR).  An attribute, not a question per ``set_map``: it depends on the
+        #: kernel's release only, and :meth:`bind_kernel` re-runs this method
+        #: whenever the release changes.
+        self._per_asid = kernel in PER_ASID_MR
         # Ops the hardware lacks are NULLed in the op table, as mlx5_vdpa_dev_add does
         # with mgtdev->vdpa_ops (get_vq_desc_group without desc_group_mkey_supported,
         # resume without freeze_to_rdy_supported): here, an instance attribute None;
@@ -176,24 +180,6 @@ class Mlx5(Backend):
         if self.umem_uid_0:
             self._create_dma_mr()
 
-    def _per_asid_mr(self) -> bool:
-        """``self.kernel in PER_ASID_MR``, asked per ``set_map``: remembered for the
-        bound profile object (a frozen :class:`~iotlb.kernels.KernelProfile`, so the
-        answer cannot change while it is the same object; an unbound backend asks
-        every time).
-
-        >>> Mlx5()._per_asid_mr(), Mlx5(kernel="6.1")._per_asid_mr()
-        (True, False)
-        """
-        k = self._kernel
-        memo = self._per_asid_memo
-        if k is not None and memo[0] is k:
-            return memo[1]
-        answer = self.kernel in PER_ASID_MR
-        if k is not None:
-            self._per_asid_memo = (k, answer)
-        return answer
-
     # ------------------------------------------------------------------ MR helpers
     @property
     def cvq_index(self) -> Optional[int]:
@@ -204,20 +190,20 @@ class Mlx5(Backend):
         """
         return self.nvqs - 1 if self.nvqs % 2 == 1 else None
 
-    def _update_mr(self, mr: Optional[_MR], asid: int) -> None:
+    def _update_mr(self, mr: Optional[tuple], asid: int) -> None:
         """``mlx5_vdpa_update_mr``: install ``mr`` for ``asid``, dropping the old.
         Before :data:`PER_ASID_MR` the one data-vq MR is created / destroyed only
         for the AS the data group is bound to (``_mlx5_vdpa_create_dvq_mr``,
         ``_mlx5_vdpa_destroy_dvq_mr``)."""
-        if self._per_asid_mr():
+        if self._per_asid:
             self._mr[asid] = mr
         elif self._group2asid[DATAVQ_GROUP] == asid:
             self._mr[DATAVQ_GROUP] = mr
 
-    def _mr_of(self, asid: int) -> Optional[_MR]:
+    def _mr_of(self, asid: int) -> Optional[tuple]:
         """The MR of ``asid`` (6.1: the data-vq MR when the data group is bound to
         ``asid``)."""
-        if self._per_asid_mr():
+        if self._per_asid:
             return self._mr[asid]
         if self._group2asid[DATAVQ_GROUP] == asid:
             return self._mr[DATAVQ_GROUP]
@@ -225,20 +211,21 @@ class Mlx5(Backend):
 
     def _update_cvq_iotlb(self, src, asid: int) -> None:
         """``mlx5_vdpa_update_cvq_iotlb``: only when the CVQ group is bound to
-        ``asid``: prune ``cvq.iotlb`` and ``dup_iotlb(src)`` into it (NULL src =
-        identity)."""
+        ``asid``: prune ``cvq.iotlb`` and ``dup_iotlb(src)`` into it (an IOTLB;
+        :data:`_DUP_NULL` for NULL)."""
         if self._group2asid[CVQ_GROUP] != asid:
             return
-        self._cvq.unmap()
-        _dup_iotlb(self._cvq, src)
+        cvq = self._cvq
+        cvq.unmap()
+        cvq.add_all(src)
 
     def _create_dma_mr(self) -> None:
         """``mlx5_vdpa_create_dma_mr``: AS 0 gets the DMA (identity) MR, and the CVQ
         iotlb becomes identity if the CVQ group is bound to AS 0."""
-        tlb = iotlb.IOTLB()
-        _dup_iotlb(tlb, None)
-        self._update_mr(_MR(("dma", tlb)), 0)
-        self._update_cvq_iotlb(None, 0)
+        tlb = _IOTLB()
+        tlb.add_all(_DUP_NULL)
+        self._update_mr(("dma", tlb), 0)
+        self._update_cvq_iotlb(_DUP_NULL, 0)
 
     def _clean_mrs(self) -> None:
         """``mlx5_vdpa_clean_mrs``: drop the MR of every AS, prune ``cvq.iotlb``."""
@@ -261,19 +248,21 @@ class Mlx5(Backend):
         """
         if type(asid) is not int or not 0 <= asid < self.nas:
             self._check_op_asid("set_map", asid)          # raises: asid >= nas EINVAL
-        if not self._per_asid_mr():
+        if not self._per_asid:
             self._set_map_single_mr(asid, iotlb_)
             return
-        # non-empty: any entry in [0, ~0] (an IOTLB answers len() without a Map)
-        if (len(iotlb_) != 0 if type(iotlb_) is _IOTLB
-                else iotlb_.first(0, U64_MAX) is not None):
+        if type(iotlb_) is not _IOTLB:
+            iotlb_ = _as_iotlb(iotlb_)
+        if len(iotlb_) != 0:
             tlb = _IOTLB()
-            _dup_iotlb(tlb, iotlb_)           # create_user_mr + dup_iotlb(mr->iotlb)
-            new_mr: Optional[_MR] = _MR(("user", tlb))
+            tlb.add_all(iotlb_)               # create_user_mr + dup_iotlb(mr->iotlb)
+            new_mr = ("user", tlb)
         else:
             new_mr = None
         # update_mr (no old MR) or change_map (suspend vqs, swap, resume): same state.
-        self._update_mr(new_mr, asid)
+        # This is the per-AS branch of _update_mr, written out: a call costs a Python
+        # frame (~550 instructions) on every message.
+        self._mr[asid] = new_mr
         self._update_cvq_iotlb(iotlb_, asid)
 
     def _set_map_single_mr(self, asid: int, src) -> None:
@@ -295,17 +284,18 @@ class Mlx5(Backend):
         ('dma', None, 2)
         """
         g2a = self._group2asid
+        src = _as_iotlb(src)
         if self._mr[DATAVQ_GROUP] is not None:            # change_map
             if g2a[DATAVQ_GROUP] == asid:
                 self._mr[DATAVQ_GROUP] = None
             if g2a[CVQ_GROUP] == asid:
                 self._cvq.unmap()                           # prune_iotlb
         if g2a[DATAVQ_GROUP] == asid and self._mr[DATAVQ_GROUP] is None:
-            tlb = iotlb.IOTLB()
-            _dup_iotlb(tlb, src)                            # create_user_mr
-            self._mr[DATAVQ_GROUP] = _MR(("user", tlb))
+            tlb = _IOTLB()
+            tlb.add_all(src)                                # create_user_mr
+            self._mr[DATAVQ_GROUP] = ("user", tlb)
         if g2a[CVQ_GROUP] == asid:
-            _dup_iotlb(self._cvq, src)
+            self._cvq.add_all(src)                          # dup_iotlb, no prune
 
     def reset_map(self, asid: int) -> None:
         """``mlx5_vdpa_reset_map`` → ``mlx5_vdpa_reset_mr``: ``asid >= 2`` is EINVAL;
@@ -323,7 +313,7 @@ class Mlx5(Backend):
         if asid == 0 and self.umem_uid_0:
             self._create_dma_mr()
         else:
-            self._update_cvq_iotlb(None, asid)
+            self._update_cvq_iotlb(_DUP_NULL, asid)
 
     # ------------------------------------------------------------------ reset
     def compat_reset(self, flags: int) -> None:
@@ -405,11 +395,11 @@ class Mlx5(Backend):
                              f"ngroups {self.ngroups} / nas {self.nas} (vhost-vdpa never "
                              "passes them)")
         self._group2asid[group] = asid
-        if self.kernel not in PER_ASID_MR:
+        if not self._per_asid:
             return                      # 6.1: mlx5_set_group_asid records it, no more
         mr = self._mr[asid]
         if group == CVQ_GROUP and mr is not None:
-            self._update_cvq_iotlb(mr.iotlb, asid)
+            self._update_cvq_iotlb(mr[_TLB], asid)
 
     def group_asid(self, group: int) -> int:
         """``group2asid[group]``.
@@ -448,13 +438,13 @@ class Mlx5(Backend):
         """
         self._check_asid(asid)
         mr = self._mr_of(asid)
-        if mr is None and self.kernel not in PER_ASID_MR \
+        if mr is None and not self._per_asid \
                 and self._group2asid[DATAVQ_GROUP] != asid \
                 and self._group2asid[CVQ_GROUP] == asid:
             # 6.1: no MR per AS; an AS only the CVQ group is bound to is translated by
             # the software CVQ through cvq.iotlb (mlx5_vdpa_kick_vq -> vringh)
             return self._cvq.copy()
-        return iotlb.IOTLB() if mr is None else mr.iotlb.copy()
+        return iotlb.IOTLB() if mr is None else mr[_TLB].copy()
 
     def mr_kind(self, asid: int) -> Optional[str]:
         """``None`` (no MR), ``"dma"`` or ``"user"``.
@@ -464,7 +454,7 @@ class Mlx5(Backend):
         """
         self._check_asid(asid)
         mr = self._mr_of(asid)
-        return None if mr is None else mr.kind
+        return None if mr is None else mr[_KIND]
 
     @property
     def cvq_iotlb(self) -> iotlb.IOTLB:

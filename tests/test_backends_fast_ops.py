@@ -5,7 +5,8 @@ replaced, checked against it.
 * platform_iommu / vp_vdpa / snet: ``iommu_unmap`` finds what it drops with ``first()``
   (and walks ``overlapping()`` only when the first mapping ends before the range);
   ``iommu_map`` runs the VT-d protection check through ``map_prot_check``;
-* mlx5: ``kernel in PER_ASID_MR`` remembered per bound profile object;
+* mlx5: ``kernel in PER_ASID_MR`` set by ``_apply_kernel``, any iterable of Map
+  as a ``set_map`` source, the DMA MR's identity;
 * the compiled device core: the dirty record and the file references through the
   dict C API.
 """
@@ -129,26 +130,62 @@ def test_iommu_prot_is_a_member_of_perm():
 @pytest.mark.parametrize("name", list(KERNELS) + [f"7.2+{p}" for p in POLICIES])
 def test_mlx5_per_asid_answer_is_the_rule(name):
     dev = Mlx5(kernel=name)
-    for _ in range(2):                                 # asked, then remembered
-        assert dev._per_asid_mr() == (kernel_profile(name) in PER_ASID_MR)
+    assert dev._per_asid is (kernel_profile(name) in PER_ASID_MR)
 
 
 def test_mlx5_answer_follows_a_new_binding():
     """An unbound Mlx5 models the default kernel; bound to 6.1 it becomes the 6.1
-    driver (one data MR): the remembered answer must not outlive the binding."""
+    driver (one data MR): the answer _apply_kernel set must not outlive the
+    binding."""
     dev = Mlx5()
     t = iotlb.IOTLB()
     t.map(0, 0xfff, 0x3000)
-    assert dev._per_asid_mr() is True                  # unbound: asked every time
+    assert dev._per_asid is True
     dev.bind_kernel("6.1")
-    assert dev._per_asid_mr() is False
+    assert dev._per_asid is False
     dev.set_map(1, t)                                  # 6.1: data MR of AS 0 stays
     assert dev.mr_kind(0) == "dma" and dev.mr_kind(1) is None
     fresh = Mlx5()
     fresh.bind_kernel("7.2")
-    assert fresh._per_asid_mr() is True
+    assert fresh._per_asid is True
     fresh.set_map(1, t)
     assert fresh.mr_kind(1) == "user"
+
+
+@pytest.mark.parametrize("kernel", ["6.1", "7.2"])
+def test_mlx5_set_map_takes_any_iterable_of_maps(kernel):
+    """set_map with a list of Map (a plugin test's source) installs what the same
+    entries in an IOTLB install: MR and CVQ iotlb, on both MR layouts."""
+    maps = [iotlb.Map(0x5000, 0x5fff, 0x9000, 3), iotlb.Map(0x1000, 0x1fff, 0x8000, 1)]
+    t = iotlb.IOTLB()
+    for m in maps:
+        t.map(m.start, m.last, m.addr, m.perm)
+    a, b = Mlx5(kernel=kernel), Mlx5(kernel=kernel)
+    a.set_map(0, maps)
+    b.set_map(0, t)
+    for dev in (a, b):
+        assert dev.mr_kind(0) == "user"
+    assert list(a.device_iotlb(0)) == list(b.device_iotlb(0)) == sorted(maps)
+    assert list(a.cvq_iotlb) == list(b.cvq_iotlb)
+
+
+def test_mlx5_dma_mr_is_the_split_identity_and_shares_nothing():
+    """The DMA MR and the CVQ iotlb copy dup_iotlb's NULL source (the identity as two
+    entries); pruning or refilling one device's copies changes no other device's."""
+    a, b = Mlx5(), Mlx5()
+    ident = [(0, 2**63 - 1, 0, 3), (2**63, 2**64 - 1, 2**63, 3)]
+    for dev in (a, b):
+        assert [(m.start, m.last, m.addr, m.perm) for m in dev.device_iotlb(0)] == ident
+        assert [(m.start, m.last, m.addr, m.perm) for m in dev.cvq_iotlb] == ident
+    t = iotlb.IOTLB()
+    t.map(0, 0xfff, 0x3000)
+    a.set_map(0, t)
+    a.reset_map(0)
+    a.set_map(0, iotlb.IOTLB())
+    assert len(a.cvq_iotlb) == 0 and a.mr_kind(0) is None
+    assert [(m.start, m.last, m.addr, m.perm) for m in b.device_iotlb(0)] == ident
+    assert [(m.start, m.last, m.addr, m.perm) for m in b.cvq_iotlb] == ident
+    assert [(m.start, m.last, m.addr, m.perm) for m in Mlx5().cvq_iotlb] == ident
 
 
 def test_mlx5_empty_and_nonempty_sources():

@@ -1448,7 +1448,8 @@ cdef class IOTLB:
             raise TypeError(f"retire must be a bool, got {type(retire).__name__}")
         old = self._ctx
         t_clear(&self.t)
-        self._ctx = {}
+        if old:                   # a re-init; a new object keeps __cinit__'s empty
+            self._ctx = {}        # dict (a second dict per IOTLB() cost ~300 instr.)
         self.t.seq = 0
         self._limit = lim
         self._bounded = bounded

@@ -253,7 +253,7 @@ class Mlx5(Backend):
             return
         if type(iotlb_) is not _IOTLB:
             iotlb_ = _as_iotlb(iotlb_)
-        if len(iotlb_) != 0:
+        if len(iotlb_) != 0:                  # vhost_iotlb_itree_first(iotlb, 0, ~0)
             tlb = _IOTLB()
             tlb.add_all(iotlb_)               # create_user_mr + dup_iotlb(mr->iotlb)
             new_mr = ("user", tlb)

@@ -25,7 +25,7 @@ from iotlb.usermem import UserMemory
 from iotlb.vdpa import VhostVdpa
 from iotlb.wire import (VHOST_IOTLB_INVALIDATE, VHOST_IOTLB_UPDATE, BackendFeature,
                         encode)
-from iotlb_backends.mlx5 import PER_ASID_MR, Mlx5
+from iotlb_backends.mlx5 import _DUP_NULL, PER_ASID_MR, Mlx5
 from iotlb_backends.platform_iommu import PlatformIommu, iommu_prot
 from iotlb_backends.vp_vdpa import Snet, VpVdpa
 
@@ -186,6 +186,14 @@ def test_mlx5_dma_mr_is_the_split_identity_and_shares_nothing():
     assert [(m.start, m.last, m.addr, m.perm) for m in b.device_iotlb(0)] == ident
     assert [(m.start, m.last, m.addr, m.perm) for m in b.cvq_iotlb] == ident
     assert [(m.start, m.last, m.addr, m.perm) for m in Mlx5().cvq_iotlb] == ident
+    # a tree that shares _DUP_NULL's nodes changed in place copies them first
+    c = Mlx5()
+    c._cvq.map(0x1000, 0x1fff, 0x5000)
+    c._cvq.unmap(0, 0)
+    assert [(m.start, m.last, m.addr) for m in c.cvq_iotlb] == [
+        (0x1000, 0x1fff, 0x5000), (2**63, 2**64 - 1, 2**63)]
+    assert [(m.start, m.last, m.addr, m.perm) for m in _DUP_NULL] == ident
+    assert [(m.start, m.last, m.addr, m.perm) for m in Mlx5().device_iotlb(0)] == ident
 
 
 def test_mlx5_empty_and_nonempty_sources():

@@ -78,6 +78,14 @@ def fill_records(n: int) -> bytes:
     return ups + inv
 
 
+def streams(n: int, names=("churn", "fill")) -> dict:
+    """``{stream: (records, limit)}`` with ``n`` messages a stream, for the streams
+    in ``names``: churn under the default 2,048-entry limit, fill with the limits
+    raised to ``n``."""
+    make = {"churn": lambda: (churn_records(n), 2048), "fill": lambda: (fill_records(n), n)}
+    return {name: make[name]() for name in names}
+
+
 PARENTS = {
     "vdpa_sim set_map": ("vdpa_sim", {"use_va": False}),
     "vdpa_sim dma_map": ("vdpa_sim", {"use_va": False, "batch_mapping": False}),
@@ -200,8 +208,7 @@ class Worker:
 def worker(n: int) -> int:
     """``--worker N``: answer ``[parent, stream, k, how]`` lines with the CPU seconds
     of the first k records of the stream (N messages)."""
-    streams = {"churn": (churn_records(n), 2048), "fill": (fill_records(n), n)}
-    local = Local(streams)
+    local = Local(streams(n))
     print(json.dumps({"engine": iotlb.IMPLEMENTATION}), flush=True)
     for line in sys.stdin:
         parent, stream, k, how = json.loads(line)
@@ -290,17 +297,16 @@ def main(argv=None) -> int:
     vs = _arg(argv, "--vs")
     print(f"engine {iotlb.IMPLEMENTATION}; {n:,} unbatched messages per stream; "
           f"CPU time, median of {repeats}")
-    streams = {"churn": (churn_records(n), 2048),
-               "fill": (fill_records(n), n)}
+    by_stream = streams(n)
     if vs:
         runners = [Worker(vs, "before", n), Worker(sys.executable, "now", n)]
         for r in runners:
             print(f"  {r.label}: {r.python} (engine {r.engine})")
     else:
-        runners = [Local(streams)]
+        runners = [Local(by_stream)]
     results = {}
     try:
-        for sname, (records, limit) in streams.items():
+        for sname, (records, limit) in by_stream.items():
             skip = {}
             for parent in PARENTS:
                 for r in runners:
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
         for r in runners:
             r.close()
     if "--cli" in argv:
-        for sname, (records, limit) in streams.items():
+        for sname, (records, limit) in by_stream.items():
             with tempfile.TemporaryDirectory() as d:
                 path = os.path.join(d, sname + ".bin")
                 with open(path, "wb") as f:

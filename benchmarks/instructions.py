@@ -55,23 +55,15 @@ def toggle_symbol() -> str:
     return "__pyx_pf_5iotlb_7_device_10DeviceCore_*write_many"
 
 
-def records_for(stream: str, n: int) -> tuple:
-    """(records, limit) of ``stream`` with ``n`` messages, as bench_replay makes them."""
-    if stream == "churn":
-        return R.churn_records(n), 2048
-    if stream == "fill":
-        return R.fill_records(n), n
-    raise ValueError(f"unknown stream {stream!r}: churn or fill")
-
-
 def worker(parent: str, stream: str, n: int) -> None:
     """Build the device and the records, then one write_many (the counted part)."""
-    records, limit = records_for(stream, n)
+    records, limit = R.streams(n, (stream,))[stream]
     dev = R.make_device(parent, limit)
     sent = dev.write_many(records)
     if sent != len(records) // 72:
         raise SystemExit(f"{parent} {stream}: write_many took {sent} messages, "
                          f"expected {len(records) // 72}")
+    print(f"@messages {sent}", flush=True)
 
 
 def count(parent: str, stream: str, n: int) -> float:
@@ -82,7 +74,8 @@ def count(parent: str, stream: str, n: int) -> float:
                sys.executable, os.path.abspath(__file__), "--worker", parent, stream,
                str(n)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    sent = re.findall(r"^@messages (\d+)$", proc.stdout, re.M)
+    if proc.returncode != 0 or not sent:
         raise RuntimeError(f"{parent} {stream}: callgrind run failed "
                            f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     found = _COLLECTED.findall(proc.stderr)
@@ -93,8 +86,7 @@ def count(parent: str, stream: str, n: int) -> float:
     if total == 0:
         raise RuntimeError(f"{parent} {stream}: callgrind collected nothing: "
                            f"{toggle_symbol()} not entered (a build without it?)")
-    messages = len(records_for(stream, n)[0]) // 72
-    return total / messages
+    return total / int(sent[-1])
 
 
 def main(argv=None) -> int:

@@ -121,9 +121,18 @@ ctypedef struct Run:
     int64_t count
 
 
+cdef enum:
+    RUN_BLOCK = 3   # 2**RUN_BLOCK consecutive pfns (same nw) have consecutive homes
+
+
 cdef inline uint64_t run_hash(uint64_t pfn, uint64_t nw) noexcept nogil:
-    cdef uint64_t h = pfn * <uint64_t>0x9E3779B97F4A7C15 ^ nw * <uint64_t>0xC2B2AE3D27D4EB4F
-    return h ^ (h >> 29)
+    # the home slot (masked by the caller) of the run (pfn, nw): an aligned block of
+    # 2**RUN_BLOCK pfns is scattered as a whole, and within it pfn's low bits pick
+    # the slot, so page-by-page pins and unpins (a replay's UPDATE i, INVALIDATE i)
+    # walk the table in order instead of missing the cache once a run
+    cdef uint64_t h = (pfn >> RUN_BLOCK) * <uint64_t>0x9E3779B97F4A7C15 ^ nw * <uint64_t>0xC2B2AE3D27D4EB4F
+    h ^= h >> 29
+    return h << RUN_BLOCK | (pfn & ((1 << RUN_BLOCK) - 1))
 
 
 cdef inline Py_ssize_t runs_find(const Run *slot, Py_ssize_t cap, uint64_t pfn,

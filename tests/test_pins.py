@@ -101,6 +101,39 @@ def test_grows_and_shrinks_with_collisions(PinLedger):
     _agree(book, Counter())
 
 
+def test_blocks_of_consecutive_pfns_stay_findable(PinLedger):
+    """The compiled table keeps runs of consecutive pfns (same length and access)
+    side by side, so a replay's page-by-page pins walk memory in order
+    (``run_hash``): whole and partial blocks, blocks whose homes collide (bases that
+    differ only in high bits), pinned and unpinned in random order through many
+    growths and shrinks, stay findable and counted."""
+    rng = random.Random(13)
+    book, model = PinLedger(), Counter()
+    bases = [b << 40 | rng.randrange(2**20) << 3 for b in range(24)]
+    keys = [(base + i, 1, w) for base in bases for i in range(8) for w in (False, True)]
+    keys += [(base + i, 2, True) for base in bases[:4] for i in range(0, 8, 2)]
+    for step in range(8000):
+        k = rng.choice(keys)
+        if rng.random() < (0.6 if step < 4000 else 0.3) or not model[k]:
+            book.pin(*k)
+            model[k] += 1
+        else:
+            assert book.unpin(*k)
+            model[k] -= 1
+            if not model[k]:
+                del model[k]
+        if step % 200 == 0:
+            _agree(book, model)
+    _agree(book, model)
+    for pfn in range(1 << 12):                  # one long sequential stretch
+        book.pin(pfn, 1, True)
+        model[(pfn, 1, True)] += 1
+    _agree(book, model)
+    for k in rng.sample(sorted(model), len(model)):
+        for _ in range(model[k]):
+            assert book.unpin(*k)
+    _agree(book, Counter())
+
 def test_compiled_table_gives_memory_back(all_ledgers):
     """Emptying a large ledger halves its table down to the minimum."""
     if "cython" not in all_ledgers:

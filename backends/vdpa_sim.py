@@ -41,8 +41,7 @@ import errno
 
 import iotlb
 from iotlb import U64_MAX, IOTLBError, Perm
-from iotlb.backend import (BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend,
-                           copy_iotlb)
+from iotlb.backend import BACKEND_F_ENABLE_AFTER_DRIVER_OK, VDPA_RESET_F_CLEAN_MAP, Backend
 from iotlb.kernels import Since
 
 __all__ = ["VdpaSim", "VdpaSimSetMap", "VdpaSimDmaMap", "MAX_IOTLB_ENTRIES"]
@@ -368,7 +367,7 @@ class VdpaSimSetMap(VdpaSim):
 
     def set_map(self, asid: int, iotlb_) -> None:
         """``vdpasim_set_map``: ``asid >= nas`` is EINVAL; wipe the AS, clear ``pt``,
-        copy every entry of ``iotlb_`` (ascending, :meth:`iotlb.IOTLB.add_all`).  An
+        copy every entry of ``iotlb_`` (ascending: :meth:`iotlb.IOTLB.assign`).  An
         empty source leaves the AS empty (not identity).  A copy error (ENOSPC past
         ``max_iotlb_entries``) wipes the AS again and is raised.
 
@@ -381,7 +380,7 @@ class VdpaSimSetMap(VdpaSim):
         if type(asid) is not int or not 0 <= asid < self.nas:
             self._check_op_asid("set_map", asid)          # raises: asid >= nas EINVAL
         self._pt[asid] = False
-        copy_iotlb(self._iommu[asid], iotlb_)
+        self._iommu[asid].assign(iotlb_)      # wipe, copy; wiped again on an error
 
 
 class VdpaSimDmaMap(VdpaSim):

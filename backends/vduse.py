@@ -66,7 +66,7 @@ import errno
 
 import iotlb
 from iotlb import U64_MAX, IOTLBError
-from iotlb.backend import Backend, copy_iotlb
+from iotlb.backend import Backend
 
 __all__ = ["Vduse", "Vduse612", "Vduse72", "MAX_IOTLB_ENTRIES", "VDUSE_DEV_MAX_GROUPS",
            "VDUSE_DEV_MAX_AS", "KERNELS"]
@@ -246,7 +246,7 @@ class Vduse(Backend):
         if type(asid) is not int or not 0 <= asid < self.nas:
             raise ValueError(f"set_map: asid must be in 0..{self.nas - 1}, got {asid!r} "
                              "(vhost-vdpa never passes another)")
-        copy_iotlb(self._domain[asid], iotlb_)
+        self._domain[asid].assign(iotlb_)     # wipe, copy; wiped again on an error
         self._msg_sync("UPDATE_IOTLB", asid, 0, U64_MAX)
 
     # ------------------------------------------------------------------ observation

@@ -88,6 +88,7 @@ cdef class IOTLB:
 
     cdef object _delete_path(self, Path *p, bint *intact=*)
     cdef int _reset(self) except -1
+    cdef Py_ssize_t _add_all(self, IOTLB src) except -1
     cdef Py_ssize_t _add_range_ctx_limit(self, Py_ssize_t nmaps, bint full,
                                          Py_ssize_t index) except -1
     cdef bint _add_range_ctx_fits(self) noexcept

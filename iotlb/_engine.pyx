@@ -1774,13 +1774,17 @@ cdef class IOTLB:
         >>> [(m.start, m.addr, m.ctx) for m in dst]
         [(0, 5, None)]
         """
+        if src is self:
+            raise ValueError("add_all: source and destination are the same IOTLB")
+        return self._add_all(src)
+
+    cdef Py_ssize_t _add_all(self, IOTLB src) except -1:
+        # add_all()'s body (src is not self): the number of entries added
         cdef Path w
         cdef Leaf *f
         cdef Py_ssize_t n = 0, v
         cdef int i
         cdef Tree *t = &self.t
-        if src is self:
-            raise ValueError("add_all: source and destination are the same IOTLB")
         if (t.count == 0 and not (self._bounded and self._retire) and src.t.count > 0
                 and src.t.span != UMAX
                 and (not self._bounded or <uint64_t>src.t.count <= self._limit)):
@@ -1808,6 +1812,39 @@ cdef class IOTLB:
                     raise RuntimeError("add_all: the source IOTLB changed during the copy")
             f = leaf_next(&src.t, &w)
         return n
+
+    def assign(self, src):
+        """Make this IOTLB the copy a ``set_map`` parent keeps of the IOTLB it is given
+        (``vdpasim_set_map``, VDUSE's ``vduse_domain_set_map``): wipe it
+        (``vhost_iotlb_reset``), then add every entry of ``src`` in ascending order
+        (:meth:`add_all`: ``vhost_iotlb_add_range``, ctx not kept); if an add fails
+        (ENOSPC past the limit) wipe it again and raise.  ``src`` may also be any
+        iterable of Map (each added with ``map(m.start, m.last, m.addr, m.perm)``).
+        ``src`` being this IOTLB is a ValueError that changes nothing.
+
+        >>> src = IOTLB(); src.map(0, 0xfff, 0x5000); src.map(0x1000, 0x1fff, 0x6000)
+        >>> small = IOTLB(1); small.map(0x9000, 0x9fff, 0)
+        >>> small.assign(src)
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [ENOSPC] vhost_iotlb_add_range_ctx: 1 entries, limit 1
+        >>> len(small)
+        0
+        >>> small.assign(list(src)[1:]); [hex(m.addr) for m in small]
+        ['0x6000']
+        """
+        if src is self:
+            raise ValueError("assign: source and destination are the same IOTLB")
+        self._reset()
+        try:
+            if isinstance(src, IOTLB):
+                self._add_all(<IOTLB>src)
+            else:
+                for m in src:
+                    self.map(m.start, m.last, m.addr, m.perm)
+        except BaseException:
+            self._reset()
+            raise
 
     def unmap(self, start=0, last=U64_MAX):
         """Remove every entry overlapping ``[start, last]`` whole; return how many.

@@ -23,7 +23,7 @@ import errno as _errno
 import functools
 import itertools
 from threading import get_ident as _get_ident
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 from sortedcontainers import SortedList
 
@@ -265,6 +265,39 @@ class IOTLB:
             self.map(m.start, m.last, m.addr, m.perm)
             n += 1
         return n
+
+    def assign(self, src: "IOTLB | Iterable[Map]") -> None:
+        """Make this IOTLB the copy a ``set_map`` parent keeps of the IOTLB it is given
+        (``vdpasim_set_map``, VDUSE's ``vduse_domain_set_map``): wipe it
+        (``vhost_iotlb_reset``), then add every entry of ``src`` in ascending order
+        (:meth:`add_all`: ``vhost_iotlb_add_range``, ctx not kept); if an add fails
+        (ENOSPC past the limit) wipe it again and raise.  ``src`` may also be any
+        iterable of Map (each added with ``map(m.start, m.last, m.addr, m.perm)``).
+        ``src`` being this IOTLB is a ValueError that changes nothing.
+
+        >>> src = IOTLB(); src.map(0, 0xfff, 0x5000); src.map(0x1000, 0x1fff, 0x6000)
+        >>> small = IOTLB(1); small.map(0x9000, 0x9fff, 0)
+        >>> small.assign(src)
+        Traceback (most recent call last):
+        ...
+        iotlb.errors.IOTLBError: [ENOSPC] vhost_iotlb_add_range_ctx: 1 entries, limit 1
+        >>> len(small)
+        0
+        >>> small.assign(list(src)[1:]); [hex(m.addr) for m in small]
+        ['0x6000']
+        """
+        if src is self:
+            raise ValueError("assign: source and destination are the same IOTLB")
+        self.reset()
+        try:
+            if isinstance(src, IOTLB):
+                self.add_all(src)
+            else:
+                for m in src:
+                    self.map(m.start, m.last, m.addr, m.perm)
+        except BaseException:
+            self.reset()
+            raise
 
     @_exclusive
     def unmap(self, start: int = 0, last: int = U64_MAX) -> int:

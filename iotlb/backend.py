@@ -98,10 +98,11 @@ OPTIONAL_OPS = MAPPING_OPS + PLATFORM_OPS + (
 # --------------------------------------------------------------------------- helpers
 def copy_iotlb(tlb: IOTLB, src) -> None:
     """The copy a ``set_map`` parent keeps of the IOTLB it is given
-    (``vdpasim_set_map``, VDUSE's ``vduse_domain_set_map``): ``tlb`` is wiped, then
-    every entry of ``src`` is added in ascending order (``vhost_iotlb_add_range``, ctx
-    not kept; :meth:`IOTLB.add_all`); on an error (ENOSPC past ``tlb``'s limit) ``tlb``
-    is wiped again and the error raised.  ``src`` may also be any iterable of Map.
+    (``vdpasim_set_map``, VDUSE's ``vduse_domain_set_map``): ``tlb.assign(src)``
+    (:meth:`IOTLB.assign`, where the rule lives): ``tlb`` is wiped, then every entry
+    of ``src`` is added in ascending order (``vhost_iotlb_add_range``, ctx not kept);
+    on an error (ENOSPC past ``tlb``'s limit) ``tlb`` is wiped again and the error
+    raised.  ``src`` may also be any iterable of Map.
 
     >>> src = IOTLB(); src.map(0, 0xfff, 0x5000); src.map(0x1000, 0x1fff, 0x6000)
     >>> small = IOTLB(1); small.map(0x9000, 0x9fff, 0)
@@ -112,16 +113,7 @@ def copy_iotlb(tlb: IOTLB, src) -> None:
     >>> len(small)
     0
     """
-    tlb.unmap()
-    try:
-        if isinstance(src, IOTLB):
-            tlb.add_all(src)
-        else:
-            for m in src:
-                tlb.map(m.start, m.last, m.addr, m.perm)
-    except BaseException:
-        tlb.unmap()
-        raise
+    tlb.assign(src)
 
 
 def identity_iotlb(perm: int = Perm.RW) -> IOTLB:

@@ -737,6 +737,44 @@ def test_add_all_is_map_of_every_entry_in_ascending_order():
         raise AssertionError("add_all(self) must be refused")
 
 
+def test_assign_is_a_wipe_then_add_all_and_wipes_again_on_an_error(IOTLB):
+    """IOTLB.assign(src) is the copy a set_map parent keeps (vdpasim_set_map,
+    vduse_domain_set_map): vhost_iotlb_reset, then add_all; an error wipes again and
+    is raised.  An iterable of Map gives the same; assign(self) is refused with
+    nothing changed."""
+    src = IOTLB()
+    for i in range(40):
+        src.map(i * 0x3000, i * 0x3000 + 0x1fff, 0x100000 + i, i % 4, ctx=i)
+    src.map(0x1000, 0x1fff, 0x77)                     # overlapping: insertion order kept
+    want = IOTLB()
+    want.add_all(src)
+    for source in (src, list(src), iter(list(src))):
+        got = IOTLB()
+        got.map(0xdead000, 0xdeadfff, 1, ctx="old")
+        assert got.assign(source) is None
+        assert got == want and [tuple(m)[:4] for m in got] == [tuple(m)[:4] for m in src]
+        assert all(m.ctx is None for m in got)
+        got._check()
+    for source in (src, list(src)):
+        small = IOTLB(10)
+        small.map(0xdead000, 0xdeadfff, 1)
+        with pytest.raises(IOTLBError) as ei:
+            small.assign(source)
+        assert ei.value.errno == errno.ENOSPC and len(small) == 0
+        small._check()
+
+    def broken():
+        yield from list(src)[:3]
+        raise KeyError("the source broke")
+    with pytest.raises(KeyError):
+        got.assign(broken())
+    assert len(got) == 0
+    got.assign(src)
+    with pytest.raises(ValueError):
+        got.assign(got)
+    assert got == want
+
+
 def test_pure_twin_refuses_concurrent_mutation_instead_of_corrupting():
     """The pure-Python twin is not thread-safe: a call while another thread is inside
     a mutating method raises RuntimeError and changes nothing (issue 16: was lost

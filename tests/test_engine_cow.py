@@ -1,7 +1,7 @@
 """Copy-on-write snapshots: ``copy()`` and ``add_all`` into an empty tree share nodes.
 
 Trees that share nodes must behave as if each had its own: a pool of trees per engine
-runs the same random operations (map, unmap, reset, map_many, copy, add_all) and every
+runs the same random operations (map, unmap, reset, map_many, copy, add_all, assign) and every
 tree of every engine must equal the pure twin's (entries with ctx, insertion order,
 errors); ``_check()`` runs on every tree after every step, so a shared node written in
 place, a reference count off by one or a stale aggregate fails here.
@@ -96,6 +96,12 @@ class CowMachine(RuleBasedStateMachine):
             if wipe:
                 p[j].unmap()
             return p[j].add_all(p[k])
+        self._all(op)
+
+    @rule(j=st.integers(0, SLOTS - 1), k=st.integers(0, SLOTS - 1), as_list=st.booleans())
+    def assign(self, j, k, as_list):
+        def op(p):
+            p[j].assign(list(p[k]) if as_list else p[k])
         self._all(op)
 
     @rule(j=st.integers(0, SLOTS - 1), kind=st.sampled_from(KINDS))

@@ -109,7 +109,7 @@ def test_blocks_of_consecutive_pfns_stay_findable(PinLedger):
     growths and shrinks, stay findable and counted."""
     rng = random.Random(13)
     book, model = PinLedger(), Counter()
-    bases = [b << 40 | rng.randrange(2**20) << 3 for b in range(24)]
+    bases = [b << 40 | rng.randrange(2**20) << 3 for b in range(24)]   # blocks of 8 pfns
     keys = [(base + i, 1, w) for base in bases for i in range(8) for w in (False, True)]
     keys += [(base + i, 2, True) for base in bases[:4] for i in range(0, 8, 2)]
     for step in range(8000):

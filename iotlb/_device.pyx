@@ -81,10 +81,51 @@ cdef extern from *:
     #endif
         return v;
     }
+    /* A parent op looked up as getattr(obj, name, None) does -- once, through the
+       type's getattro, so a property or a __getattribute__ sees one lookup -- but
+       without a bound method when the op is a method of obj's class that the
+       instance does not shadow: then *self_first is 1 and the op is the class's
+       function, to be called with obj first (what CPython's LOAD_METHOD does,
+       _PyObject_GetMethod).  Absent: None, or with strict an AttributeError.  A new
+       reference, or NULL with an exception set. */
+    static PyObject *iotlb_getop(PyObject *obj, PyObject *name, int strict,
+                                 int *self_first)
+    {
+        PyObject *r = NULL;
+        int found;
+        *self_first = 0;
+    #if PY_VERSION_HEX >= 0x03090000 && PY_VERSION_HEX < 0x030D0000
+        {
+            PyTypeObject *tp = Py_TYPE(obj);
+            PyObject *descr;
+            if (tp->tp_getattro == PyObject_GenericGetAttr && PyUnicode_CheckExact(name)
+                    && (descr = _PyType_Lookup(tp, name)) != NULL
+                    && PyType_HasFeature(Py_TYPE(descr), Py_TPFLAGS_METHOD_DESCRIPTOR)) {
+                *self_first = _PyObject_GetMethod(obj, name, &r);
+                return r;
+            }
+        }
+    #endif
+        if (strict)
+            return PyObject_GetAttr(obj, name);
+    #if PY_VERSION_HEX >= 0x030D0000
+        found = PyObject_GetOptionalAttr(obj, name, &r);
+    #else
+        found = _PyObject_LookupAttr(obj, name, &r);
+    #endif
+        if (found < 0)
+            return NULL;
+        if (found == 0) {
+            Py_INCREF(Py_None);
+            r = Py_None;
+        }
+        return r;
+    }
     """
     uint64_t iotlb_le64(const unsigned char *p) noexcept nogil
     void PyObject_GC_UnTrack(void *op) noexcept
     uint32_t iotlb_le32(const unsigned char *p) noexcept nogil
+    object iotlb_getop(object obj, object name, int strict, int *self_first)
 
 cdef uint64_t UMAX = 0xFFFFFFFFFFFFFFFF
 cdef int64_t NPAGES_MAX = 0x7FFFFFFFFFFFFFFF
@@ -699,6 +740,7 @@ cdef class DeviceCore:
         cdef MemoryCore mem = self._mem
         cdef PinLedger pins
         cdef bint use_va
+        cdef int self_first = 0
         if mem is None or iova < self._first or iova > UMAX - size + 1:
             return 0
         last = iova + size - 1
@@ -760,14 +802,21 @@ cdef class DeviceCore:
         # vhost_vdpa_map
         iotlb._add(map_iova, map_last, pa, perm, opaque)
         try:
-            dma_map = getattr(backend, "dma_map", None)
+            # getattr(backend, op, None), without a bound method (iotlb_getop)
+            dma_map = iotlb_getop(backend, "dma_map", 0, &self_first)
             if dma_map is not None:
-                dma_map(asid, map_iova, map_size, pa, perm, opaque)
+                if self_first:
+                    dma_map(backend, asid, map_iova, map_size, pa, perm, opaque)
+                else:
+                    dma_map(asid, map_iova, map_size, pa, perm, opaque)
             else:
-                set_map = getattr(backend, "set_map", None)
+                set_map = iotlb_getop(backend, "set_map", 0, &self_first)
                 if set_map is not None:
                     if not self._in_batch:
-                        set_map(asid, iotlb)
+                        if self_first:
+                            set_map(backend, asid, iotlb)
+                        else:
+                            set_map(asid, iotlb)
                 else:
                     backend.iommu_map(map_iova, map_size, pa, perm)
         except _IOTLBError as e:
@@ -798,6 +847,7 @@ cdef class DeviceCore:
         cdef MemoryCore mem = self._mem
         cdef PinLedger pins
         cdef bint writable, use_va, dma
+        cdef int self_first = 0, unmap_self_first = 0
         if mem is None or size - 1 > UMAX - iova:
             return 0
         last = iova + size - 1
@@ -820,11 +870,11 @@ cdef class DeviceCore:
                 return 0                              # a sub-page VA entry: reference
             # vhost_vdpa_general_unmap's op, bound before anything changes (an absent
             # op fails here, an op set to None means "no call")
-            dma = getattr(backend, "dma_map", None) is not None
+            dma = iotlb_getop(backend, "dma_map", 0, &self_first) is not None
             if dma:
-                dev_unmap = backend.dma_unmap
-            elif getattr(backend, "set_map", None) is None:
-                dev_unmap = backend.iommu_unmap
+                dev_unmap = iotlb_getop(backend, "dma_unmap", 1, &unmap_self_first)
+            elif iotlb_getop(backend, "set_map", 0, &self_first) is None:
+                dev_unmap = iotlb_getop(backend, "iommu_unmap", 1, &unmap_self_first)
             else:
                 dev_unmap = None
             if use_va:
@@ -848,7 +898,12 @@ cdef class DeviceCore:
             if dev_unmap is not None:
                 try:
                     if dma:
-                        dev_unmap(asid, m_start, m_size)
+                        if unmap_self_first:
+                            dev_unmap(backend, asid, m_start, m_size)
+                        else:
+                            dev_unmap(asid, m_start, m_size)
+                    elif unmap_self_first:
+                        dev_unmap(backend, m_start, m_size)
                     else:
                         dev_unmap(m_start, m_size)
                 except _IOTLBError:
@@ -858,10 +913,13 @@ cdef class DeviceCore:
                 ctx = None                            # released with the tree whole
             else:
                 iotlb.unmap(iova, last)
-        set_map = getattr(backend, "set_map", None)
+        set_map = iotlb_getop(backend, "set_map", 0, &self_first)
         if set_map is not None and not self._in_batch:
             try:
-                set_map(asid, iotlb)
+                if self_first:
+                    set_map(backend, asid, iotlb)
+                else:
+                    set_map(asid, iotlb)
             except _IOTLBError:
                 pass
         return 1

@@ -1244,6 +1244,64 @@ def test_write_fast_path_looks_ops_up_as_the_reference(cls):
     assert runs[0] == runs[1] and runs[0]
 
 
+def _tagged(fn, tag, parent):
+    # a function that records ("via", tag) in the parent's calls, then calls fn
+    def op(*args):
+        parent.calls.append(("via", tag))
+        return fn(*args)
+    return op
+
+
+class _CallableOp:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+def _shape_ops(parent, how):
+    """``parent`` with its mapping ops provided as ``how`` says: a function in the
+    instance (shadowing the class's), a callable object in the instance, a property
+    or a staticmethod of a subclass; each records ("via", how) before the call."""
+    ops = [n for n in sorted(_MAP_OPS) if callable(getattr(type(parent), n, None))]
+    if how in ("instance", "callable"):
+        for n in ops:
+            op = _tagged(getattr(parent, n), how, parent)
+            setattr(parent, n, op if how == "instance" else _CallableOp(op))
+        return parent
+    shaped = type("Shaped", (type(parent),), {})
+    new = shaped.__new__(shaped)
+    new.__dict__.update(parent.__dict__)
+    for n in ops:
+        fn = getattr(type(parent), n)
+        setattr(shaped, n, property(lambda self, fn=fn: _tagged(fn.__get__(self), how, self))
+                if how == "property" else staticmethod(_tagged(fn.__get__(new), how, new)))
+    return new
+
+
+@pytest.mark.parametrize("cls", [DmaParent, SetMapParent, PlatformParent])
+@pytest.mark.parametrize("how", ["class", "instance", "callable", "property",
+                                 "staticmethod"])
+def test_write_fast_path_calls_ops_however_they_are_provided(cls, how):
+    """The fast path calls a parent's op without making a bound method when the op
+    is a method of the parent's class (iotlb_getop, CPython's LOAD_METHOD); an op
+    that is an instance attribute shadowing it, a callable object, a property or a
+    staticmethod is found and called exactly as the reference path's getattr finds
+    and calls it: the same calls, results and state."""
+    runs = []
+    for fast in (True, False):
+        parent = cls()
+        if how != "class":
+            parent = _shape_ops(parent, how)
+        dev = opened(parent)
+        dev._fast = fast
+        out = _script(dev)
+        runs.append((out, {a: entries(dev, a) for a in dev.address_spaces},
+                     dev.usermem.pins(dev), parent.calls))
+    assert runs[0] == runs[1] and runs[0][3]
+
+
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "array-Q",
                                   "strided"])
 @pytest.mark.parametrize("use_va", [False, True])

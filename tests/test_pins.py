@@ -75,16 +75,12 @@ def test_pages_never_pass_2_63(PinLedger):
     assert book.count(5, 2**62, True) == 1 and book.pages == 2**62
 
 
-def test_grows_and_shrinks_with_collisions(PinLedger):
-    """Many runs on the same pfn (lengths differ) and on pfns that differ only in
-    high bits: every deletion keeps every other run findable (backward shift)."""
-    rng = random.Random(7)
-    book, model = PinLedger(), Counter()
-    keys = [(p << 40 | (i % 3), n, w) for p in range(40) for i, n in enumerate(
-        (1, 2, 3, 512)) for w in (False, True)]
-    for step in range(6000):
+def _random_pins(book, model: Counter, keys, rng, steps, p_pin, check_every) -> None:
+    # steps random pins (probability p_pin(step), or when the key is not held) and
+    # unpins of keys, on book and on model, _agree() every check_every steps
+    for step in range(steps):
         k = rng.choice(keys)
-        if rng.random() < 0.55 or not model[k]:
+        if rng.random() < p_pin(step) or not model[k]:
             book.pin(*k)
             model[k] += 1
         else:
@@ -92,9 +88,19 @@ def test_grows_and_shrinks_with_collisions(PinLedger):
             model[k] -= 1
             if not model[k]:
                 del model[k]
-        if step % 250 == 0:
+        if step % check_every == 0:
             _agree(book, model)
     _agree(book, model)
+
+
+def test_grows_and_shrinks_with_collisions(PinLedger):
+    """Many runs on the same pfn (lengths differ) and on pfns that differ only in
+    high bits: every deletion keeps every other run findable (backward shift)."""
+    rng = random.Random(7)
+    book, model = PinLedger(), Counter()
+    keys = [(p << 40 | (i % 3), n, w) for p in range(40) for i, n in enumerate(
+        (1, 2, 3, 512)) for w in (False, True)]
+    _random_pins(book, model, keys, rng, 6000, lambda step: 0.55, 250)
     for k, c in list(model.items()):
         for _ in range(c):
             assert book.unpin(*k)
@@ -112,19 +118,7 @@ def test_blocks_of_consecutive_pfns_stay_findable(PinLedger):
     bases = [b << 40 | rng.randrange(2**20) << 3 for b in range(24)]   # blocks of 8 pfns
     keys = [(base + i, 1, w) for base in bases for i in range(8) for w in (False, True)]
     keys += [(base + i, 2, True) for base in bases[:4] for i in range(0, 8, 2)]
-    for step in range(8000):
-        k = rng.choice(keys)
-        if rng.random() < (0.6 if step < 4000 else 0.3) or not model[k]:
-            book.pin(*k)
-            model[k] += 1
-        else:
-            assert book.unpin(*k)
-            model[k] -= 1
-            if not model[k]:
-                del model[k]
-        if step % 200 == 0:
-            _agree(book, model)
-    _agree(book, model)
+    _random_pins(book, model, keys, rng, 8000, lambda step: 0.6 if step < 4000 else 0.3, 200)
     for pfn in range(1 << 12):                  # one long sequential stretch
         book.pin(pfn, 1, True)
         model[(pfn, 1, True)] += 1
@@ -133,6 +127,7 @@ def test_blocks_of_consecutive_pfns_stay_findable(PinLedger):
         for _ in range(model[k]):
             assert book.unpin(*k)
     _agree(book, Counter())
+
 
 def test_compiled_table_gives_memory_back(all_ledgers):
     """Emptying a large ledger halves its table down to the minimum."""

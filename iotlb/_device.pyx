@@ -167,7 +167,8 @@ cdef enum:
                     # 4 runs, 96 bytes; 8 cost ~440 instructions a message more than
                     # scattered homes on a churn replay (the table sits near half full,
                     # so clusters of whole blocks lengthen probes and backward shifts),
-                    # 4 ~200, for the same ~0.8x the time on a fill replay
+                    # 4 ~200; what a fill replay gains (fewer cache misses; 0.8-1.0x
+                    # the time, with the machine's load) is in docs/performance.md
 
 
 cdef inline uint64_t run_hash(uint64_t pfn, uint64_t nw) noexcept nogil:

@@ -232,6 +232,12 @@ def _items_under_a_clearing_finalizer(table, fill, empty) -> list:
     finally:
         gc.set_threshold(*old)
         gc.callbacks.remove(collecting)
+    if len(seen) < 5 and sys.version_info >= (3, 12):
+        # 3.12+ collects at the interpreter's eval breaker, not on an allocation,
+        # so no collection (and no finalizer) can run inside the walk to test
+        pytest.skip(f"only {len(seen)} collection(s) ran during items() on Python "
+                    f"{sys.version_info[0]}.{sys.version_info[1]}: the finalizer "
+                    "cannot be run mid-walk")
     assert len(seen) >= 5 and seen[4] == 1000, seen[:8]   # emptied mid-walk
     return out
 

@@ -89,7 +89,7 @@ _DUP_NULL = identity_iotlb(Perm.RW)
 def _as_iotlb(src) -> "iotlb.IOTLB":
     """``src`` itself when it is an :class:`iotlb.IOTLB`; otherwise (a plugin test's
     iterable of Map, or the other engine's IOTLB) a new IOTLB holding its entries,
-    each added in order.
+    each added in order (:meth:`iotlb.IOTLB.assign`).
 
     >>> [(m.start, m.addr) for m in _as_iotlb([iotlb.Map(0x1000, 0x1fff, 0x8000, 3)])]
     [(4096, 32768)]
@@ -97,8 +97,7 @@ def _as_iotlb(src) -> "iotlb.IOTLB":
     if isinstance(src, _IOTLB):
         return src
     tlb = _IOTLB()
-    for m in src:
-        tlb.map(m.start, m.last, m.addr, m.perm)
+    tlb.assign(src)
     return tlb
 
 

@@ -56,8 +56,9 @@ ctypedef struct Tree:
     bint cow                 # nodes may be shared with another tree (copy-on-write)
     Leaf *spare_leaf[NSPARE_L]
     int nspare_leaf
-    Inner *spare_inner[NSPARE_I]
-    int nspare_inner
+    Inner *spare_inner       # spare inner nodes, a stack linked through child[0]
+    int nspare_inner         # (not an array of NSPARE_I: that made an IOTLB 1.5 KB,
+                             # too big for CPython's small-object allocator)
     QKey *q                  # retire FIFO: q[qhead:qtail], oldest first, lazily pruned
     Py_ssize_t qhead
     Py_ssize_t qtail

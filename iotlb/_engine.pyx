@@ -344,8 +344,7 @@ cdef int t_spares(Tree *t, int nl, int ni) except -1:
         m = node_alloc(False)
         if m == NULL:
             raise MemoryError()
-        t.spare_inner[t.nspare_inner] = <Inner *>m
-        t.nspare_inner += 1
+        push_inner(t, <Inner *>m)
     return 0
 
 
@@ -373,6 +372,22 @@ cdef inline int t_reserve_del(Tree *t) except -1:
     return t_spares(t, 2, 2 * t.height)
 
 
+cdef inline void push_inner(Tree *t, Inner *x) noexcept:
+    # x becomes the top spare inner node (the spares are a stack linked through
+    # child[0]; a spare's other fields mean nothing)
+    x.child[0] = <void *>t.spare_inner
+    t.spare_inner = x
+    t.nspare_inner += 1
+
+
+cdef inline Inner *pop_inner(Tree *t) noexcept:
+    # the top spare inner node, off the stack (the caller knows there is one)
+    cdef Inner *x = t.spare_inner
+    t.spare_inner = <Inner *>x.child[0]
+    t.nspare_inner -= 1
+    return x
+
+
 cdef inline Leaf *take_leaf(Tree *t) noexcept:
     # a reserved spare leaf, now counted as live (t_reserve() guaranteed one)
     cdef Leaf *f
@@ -385,10 +400,8 @@ cdef inline Leaf *take_leaf(Tree *t) noexcept:
 
 cdef inline Inner *take_inner(Tree *t) noexcept:
     # a reserved spare inner node, now counted as live (t_reserve() guaranteed one)
-    cdef Inner *x
-    t.nspare_inner -= 1
+    cdef Inner *x = pop_inner(t)
     t.ninner += 1
-    x = t.spare_inner[t.nspare_inner]
     x.rc = 1
     return x
 
@@ -421,8 +434,7 @@ cdef inline Inner *own_inner(Tree *t, Inner *x) noexcept:
     cdef int n, j
     if x.rc == 1:
         return x
-    t.nspare_inner -= 1
-    y = t.spare_inner[t.nspare_inner]
+    y = pop_inner(t)
     n = x.n
     y.n = n
     y.rc = 1
@@ -528,8 +540,7 @@ cdef inline void give_inner(Tree *t, Inner *x) noexcept:
     # x leaves the tree: kept as a spare or freed
     t.ninner -= 1
     if t.nspare_inner < t.height + 2 and t.nspare_inner < NSPARE_I:
-        t.spare_inner[t.nspare_inner] = x
-        t.nspare_inner += 1
+        push_inner(t, x)
     else:
         node_release(x, False)
 
@@ -572,10 +583,9 @@ cdef void t_free(Tree *t) noexcept:
     t_clear(t)
     for k in range(t.nspare_leaf):
         node_release(t.spare_leaf[k], True)
-    for k in range(t.nspare_inner):
-        node_release(t.spare_inner[k], False)
+    while t.nspare_inner > 0:
+        node_release(pop_inner(t), False)
     t.nspare_leaf = 0
-    t.nspare_inner = 0
     PyMem_Free(t.q)
     t.q = NULL
     t.qcap = 0
@@ -2323,6 +2333,8 @@ cdef class IOTLB:
         cdef _Chk st = _Chk()
         cdef uint64_t ml = 0, sp = 0, ks = 0, kq = 0
         cdef Path p
+        cdef Inner *x
+        cdef int k
         cdef Py_ssize_t i
         if t.root == NULL:
             _req(t.count == 0 and t.height == 0, "empty tree state")
@@ -2338,6 +2350,11 @@ cdef class IOTLB:
             _req(sp == t.span, "root span")
         _req(t.height < MAXH, "height")
         _req(0 <= t.nspare_leaf <= NSPARE_L and 0 <= t.nspare_inner <= NSPARE_I, "spares")
+        x = t.spare_inner                 # the spare stack holds exactly nspare_inner
+        for k in range(t.nspare_inner):
+            _req(x != NULL, "spare inner stack shorter than nspare_inner")
+            x = <Inner *>x.child[0]
+        _req(x == NULL, "spare inner stack longer than nspare_inner")
         _req(t.ctx_floor <= t.seq, "ctx floor above the counter")
         _req(set(self._ctx) == st.ctx_seqs, "ctx table != has_ctx bits (above the floor)")
         _req(all(c is not None for c in self._ctx.values()), "None stored as ctx")

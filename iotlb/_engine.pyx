@@ -1801,9 +1801,8 @@ cdef class IOTLB:
             # every add succeeds and none splits: share (vhost_iotlb_add_range per
             # entry in ascending order gives the same entries, in the same order,
             # with insertion order = key order: ctx_floor says so)
-            old = self._ctx        # empty (count 0), maybe grown: released after
-            self._ctx = {}
-            t_clear(t)             # spares and queue capacity stay
+            self._ctx.clear()      # no entry, so no ctx: only gives back a grown
+            t_clear(t)             # table; spares and queue capacity stay
             t_share(t, &src.t)
             if t.seq >= SEQ_END:
                 t_clear(t)

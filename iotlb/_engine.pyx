@@ -549,11 +549,21 @@ cdef void free_sub(void *node, int level) noexcept:
     # drop one reference to node; at the last one free it and drop its children's
     # (no rebalancing, no bookkeeping)
     cdef Inner *x
+    cdef Hdr *h
     cdef int j
     (<Hdr *>node).rc -= 1
     if (<Hdr *>node).rc > 0:
         return
-    if level > 0:
+    if level == 1:
+        # the leaves written out: a set_map parent's copy drops an inner node whose
+        # leaves are all still shared, one reference each, on every message
+        x = <Inner *>node
+        for j in range(x.n):
+            h = <Hdr *>x.child[j]
+            h.rc -= 1
+            if h.rc == 0:
+                node_release(h, True)
+    elif level > 1:
         x = <Inner *>node
         for j in range(x.n):
             free_sub(x.child[j], level - 1)

@@ -958,3 +958,26 @@ def test_a_map_with_ctx_is_not_kept_alive_by_the_engine(IOTLB):
     t.unmap(0, 0xFFF)
     gc.collect()
     assert ref() is None
+
+
+def test_a_compiled_iotlb_fits_the_small_object_allocator():
+    # A set_map parent may make an IOTLB per message (mlx5: the new MR's copy).  Past
+    # 512 bytes CPython allocates an object with malloc and zeroes it all: an inline
+    # array of spare inner nodes once made an IOTLB 1,520 bytes and cost ~800
+    # instructions a message.  The spares are a stack linked through the nodes now.
+    from iotlb import IMPLEMENTATION
+    if IMPLEMENTATION != "cython":
+        pytest.skip("the object layout is the compiled engine's")
+    from iotlb._engine import IOTLB as CIOTLB
+    assert CIOTLB.__basicsize__ <= 512, CIOTLB.__basicsize__
+    t = CIOTLB()
+    for i in range(70 * 64 * 64 // 8):          # three levels: inner spares are used
+        t.map(i << 12, (i << 12) | 0xFFF, i << 12)
+    u = CIOTLB()
+    u.add_all(t)                                # shared nodes: copies take spares
+    for i in range(0, 70 * 64 * 64 // 8, 97):
+        t.unmap(i << 12, (i << 12) | 0xFFF)
+        t.map((i << 12) | 0x800, (i << 12) | 0xFFF, 0)
+    t._check()
+    u._check()
+    assert len(u) == 70 * 64 * 64 // 8

@@ -23,27 +23,13 @@ from __future__ import annotations
 import errno
 
 import iotlb
-from iotlb import U64_MAX, IOTLBError, Perm
-from iotlb.backend import Backend
+from iotlb import U64_MAX, IOTLBError
+from iotlb.backend import Backend, IommuCore, iommu_prot
 
 __all__ = ["PlatformIommu", "iommu_prot"]
 
 
-def iommu_prot(perm: int) -> int:
-    """``perm_to_iommu_flags``: RO → READ, WO → WRITE, RW → READ|WRITE; anything else
-    WARNs and maps with neither (returned here as ``Perm.NONE``).
-
-    >>> [int(iommu_prot(p)) for p in (0, 1, 2, 3, 7)]
-    [0, 1, 2, 3, 0]
-    """
-    return _IOMMU_PROT.get(perm, _PERM_NONE)
-
-
-_IOMMU_PROT = {int(p): p for p in (Perm.RO, Perm.WO, Perm.RW)}  # a table: no enum call
-_PERM_NONE = Perm.NONE
-
-
-class PlatformIommu(Backend):
+class PlatformIommu(IommuCore, Backend):
     """A platform-IOMMU parent.
 
     Options: ``nas=1``, ``ngroups=1`` (anything else is refused with EOPNOTSUPP, as
@@ -55,6 +41,27 @@ class PlatformIommu(Backend):
     that never touches the domain -- so on 6.1 too the mappings survive
     SET_STATUS(0)).
     ``use_va`` is always False.
+
+    The domain's ops (:class:`~iotlb.backend.IommuCore`): ``iommu_map`` refuses an
+    unaligned or zero size, or a range past 2**64 - 1 (EINVAL), an IOVA already
+    mapped (EEXIST) and a missing domain (ENODEV); ``iommu_unmap`` returns the bytes
+    it unmapped:
+
+    >>> d = PlatformIommu(); d.iommu_domain_alloc(); d.iommu_map(0, 0x1000, 0, 1)
+    >>> d.iommu_map(0, 0x1000, 0, 1)
+    Traceback (most recent call last):
+    ...
+    iotlb.errors.IOTLBError: [EEXIST] iommu_map: [0x0, 0xfff] is already mapped
+    >>> d.iommu_map(0x800, 0x1000, 0, 1)
+    Traceback (most recent call last):
+    ...
+    iotlb.errors.IOTLBError: [EINVAL] iommu_map: iova 0x800, size 0x1000, pa 0x0 must be non-zero multiples of the IOMMU page size 0x1000
+    >>> d.iommu_unmap(0, 0x2000), d.iommu_unmap(0, 0x1000), hex(d._check_range("x", 0x1000, 0x1000))
+    (4096, 0, '0x1fff')
+    >>> PlatformIommu().iommu_unmap(0, 0x1000)
+    Traceback (most recent call last):
+    ...
+    iotlb.errors.IOTLBError: [ENODEV] iommu_unmap: no IOMMU domain attached
 
     >>> PlatformIommu(nas=2)
     Traceback (most recent call last):
@@ -113,82 +120,10 @@ class PlatformIommu(Backend):
         self._domain = None
         self.domain_frees += 1
 
-    def _check_range(self, op: str, iova: int, size: int, pa: int = 0) -> int:
-        """The checks ``iommu_map``/``iommu_unmap`` make before touching the domain,
-        with their diagnosis: no domain ENODEV; zero size, or iova/size/pa not
-        multiples of the IOMMU page size, EINVAL (``__iommu_map``/``__iommu_unmap``:
-        "unaligned"); ``iova + size - 1`` past 2**64 - 1 EINVAL.  Returns the last
-        IOVA.  The ops test the same in one comparison chain and call this only when
-        the chain fails (this then raises; it is the authority if the two disagree).
-
-        >>> d = PlatformIommu(); d.iommu_domain_alloc(); hex(d._check_range("x", 0x1000, 0x1000))
-        '0x1fff'
-        """
-        if self._domain is None:
-            raise IOTLBError(errno.ENODEV, f"{op}: no IOMMU domain attached")
-        if size == 0 or (iova | size | pa) & (self.page_size - 1):
-            raise IOTLBError(errno.EINVAL,
-                             f"{op}: iova {iova:#x}, size {size:#x}, pa {pa:#x} must be "
-                             f"non-zero multiples of the IOMMU page size {self.page_size:#x}")
-        last = iova + size - 1
-        if last > U64_MAX:
-            raise IOTLBError(errno.EINVAL, f"{op}: iova {iova:#x} + size {size:#x} overflows")
-        return last
-
-    #: The IOMMU driver's own refusal of a mapping's protection, called by
-    #: :meth:`iommu_map` as ``map_prot_check(prot, perm)`` -- ``prot`` the IOMMU flags
-    #: (:func:`iommu_prot`), ``perm`` vhost's, for the message -- after the range
-    #: checks and before the overlap check (None: the generic domain refuses none;
-    #: VT-d: :func:`~iotlb_backends.vp_vdpa.intel_map_prot_check`).
-    map_prot_check = None
-
-    def iommu_map(self, iova: int, size: int, pa: int, perm: int) -> None:
-        """``iommu_map(domain, iova, pa, size, perm_to_iommu_flags(perm))``: unaligned
-        or zero size is EINVAL, an already-mapped IOVA EEXIST, no domain ENODEV.
-
-        >>> d = PlatformIommu(); d.iommu_domain_alloc(); d.iommu_map(0, 0x1000, 0, 1)
-        >>> d.iommu_map(0, 0x1000, 0, 1)
-        Traceback (most recent call last):
-        ...
-        iotlb.errors.IOTLBError: [EEXIST] iommu_map: [0x0, 0xfff] is already mapped
-        """
-        domain = self._domain
-        if domain is None or not size or (iova | size | pa) & (self.page_size - 1) \
-                or (last := iova + size - 1) > U64_MAX:
-            last = self._check_range("iommu_map", iova, size, pa)       # raises
-        prot = iommu_prot(perm)
-        check = self.map_prot_check
-        if check is not None:
-            check(prot, perm)
-        if domain.first(iova, last) is not None:
-            raise IOTLBError(errno.EEXIST, f"iommu_map: [{iova:#x}, {last:#x}] is already mapped")
-        domain.map(iova, last, pa, prot)
-
-    def iommu_unmap(self, iova: int, size: int) -> int:
-        """``iommu_unmap(domain, iova, size)``: drops what is mapped in the range and
-        returns the bytes unmapped.  vhost-vdpa always unmaps whole chunks it mapped,
-        so the model removes whole mappings.
-
-        >>> d = PlatformIommu(); d.iommu_domain_alloc(); d.iommu_unmap(0, 0x1000)
-        0
-        """
-        domain = self._domain
-        if domain is None or not size or (iova | size) & (self.page_size - 1) \
-                or (last := iova + size - 1) > U64_MAX:
-            last = self._check_range("iommu_unmap", iova, size)          # raises
-        m = domain.first(iova, last)
-        if m is None:
-            return 0                                 # nothing mapped there
-        if m[1] >= last:
-            # the domain's mappings never overlap (iommu_map refuses an overlap with
-            # EEXIST), so the lowest one, reaching past ``last``, is the only one
-            gone = m[1] - m[0] + 1                   # Map: (start, last, ...)
-        else:
-            gone = 0
-            for m in domain.overlapping(iova, last):
-                gone += m[1] - m[0] + 1
-        domain.unmap(iova, last)
-        return gone
+    # iommu_map(iova, size, pa, perm), iommu_unmap(iova, size), _check_range and
+    # map_prot_check are IommuCore's (iotlb.backend): the IOMMU core's functions
+    # (drivers/iommu/iommu.c) on self._domain, not the parent's; compiled with the
+    # engine.  Their examples are in the class docstring.
 
     # ------------------------------------------------------------------ ops
     def reset(self) -> None:

@@ -2,9 +2,11 @@
 ``iotlb._pydevice``)."""
 from __future__ import annotations
 
-from typing import Optional, SupportsIndex
+from typing import Callable, Optional, SupportsIndex
 
-__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
+from ._engine import IOTLB
+
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "IommuCore", "DeviceCore"]
 
 _Run = tuple[int, int, bool]
 
@@ -46,6 +48,16 @@ class MemoryCore:
     _files: dict[object, dict[object, int]]
     def _file_get(self, owner: object, file: object) -> None: ...
     def _file_put(self, owner: object, file: object) -> None: ...
+
+class IommuCore:
+    """The base of the platform-IOMMU parents: the IOMMU core's ops on ``_domain``."""
+
+    _domain: Optional[IOTLB]
+    page_size: int
+    map_prot_check: Optional[Callable[[int, int], None]]
+    def _check_range(self, op: str, iova: int, size: int, pa: int = ...) -> int: ...
+    def iommu_map(self, iova: int, size: int, pa: int, perm: int) -> None: ...
+    def iommu_unmap(self, iova: int, size: int) -> int: ...
 
 class DeviceCore:
     """The base of ``iotlb.vdpa.VhostVdpa``."""

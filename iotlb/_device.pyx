@@ -10,6 +10,9 @@ Same names and answers as the pure twin ``iotlb._pydevice``:
   the same kind of table (it only grows, until ``clear()``);
 * :class:`MemoryCore` -- the base of :class:`iotlb.usermem.UserMemory`: the books the
   fast path touches, as C fields;
+* :class:`IommuCore` -- the base of the platform-IOMMU parents: the IOMMU core's
+  ``iommu_map``/``iommu_unmap`` on the domain vhost-vdpa owns (in C for plain ints
+  and an attached domain; otherwise it declines to the twin's, the reference);
 * :class:`DeviceCore` -- the base of :class:`iotlb.vdpa.VhostVdpa`: ``write()``.
 
 ``write()`` is ``vhost_chr_write_iter`` for the two messages a running guest sends
@@ -40,6 +43,7 @@ tree unchanged (the parent's op, a finalizer or another thread may change it).
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItem, PyDict_SetItem
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyTypeObject
 from cpython.ref cimport PyObject
@@ -49,15 +53,20 @@ from libc.string cimport memset
 from ._engine cimport HASCTX, IOTLB, Path
 
 from collections import Counter
+from errno import EEXIST as _EEXIST
 
 from ._map import u64 as _py_u64
+from ._pydevice import _IOMMU_PROT, _PERM_NONE
+from ._pydevice import _iommu_check_range as _ref_iommu_check_range
+from ._pydevice import _iommu_map as _ref_iommu_map
+from ._pydevice import _iommu_unmap as _ref_iommu_unmap
 from .errors import IOTLBError
 from .wire import _bytes_view
 from .wire import (VHOST_ACCESS_WO, VHOST_BACKEND_F_IOTLB_ASID, VHOST_IOTLB_INVALIDATE,
                    VHOST_IOTLB_MSG, VHOST_IOTLB_MSG_V2, VHOST_IOTLB_UPDATE,
                    VHOST_MSG_MIN_WRITE, VHOST_MSG_SIZE)
 
-__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "IommuCore", "DeviceCore"]
 
 cdef extern from *:
     """
@@ -594,6 +603,88 @@ cdef inline PinLedger _ledger(MemoryCore mem, object owner):
     if book == NULL or type(<object>book) is not PinLedger:
         return None
     return <PinLedger>book
+
+
+# ----------------------------------------------------------------------------- IOMMU
+cdef extern from "Python.h":
+    # declared without an exception value: _plain_u64 checks and clears the error
+    unsigned long long _as_ull "PyLong_AsUnsignedLongLong"(object)
+
+
+cdef inline bint _plain_u64(object v, uint64_t *out) noexcept:
+    # an exact int in 0..2**64-1 as a C value; False (no error set) for anything else
+    if type(v) is not int:
+        return False
+    out[0] = _as_ull(v)
+    if out[0] == <uint64_t>-1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()
+        return False
+    return True
+
+
+cdef class IommuCore:
+    """The base of the platform-IOMMU parents
+    (:class:`iotlb_backends.platform_iommu.PlatformIommu`): the IOMMU core's
+    ``iommu_map``/``iommu_unmap`` on the domain vhost-vdpa owns, ``_domain`` (an
+    :class:`iotlb.IOTLB`, or None), with pages of ``page_size`` bytes.
+
+    Same answers as the twin's (``iotlb._pydevice.IommuCore``), which is the
+    reference: with plain ints and an attached domain these run in C, and they
+    decline to the twin's functions for anything else (a failed check, an int
+    subclass, a domain of another type, an unmap that meets several mappings).
+    """
+
+    cdef public object _domain
+    cdef public object page_size
+
+    #: as the twin's (``map_prot_check(prot, perm)`` or None)
+    map_prot_check = None
+
+    _check_range = _ref_iommu_check_range
+
+    def __cinit__(self, *args, **kwargs):
+        self._domain = None
+        self.page_size = None
+
+    def iommu_map(self, iova, size, pa, perm):
+        """``iommu_map(domain, iova, pa, size, perm_to_iommu_flags(perm))``: unaligned
+        or zero size is EINVAL, an already-mapped IOVA EEXIST, no domain ENODEV."""
+        cdef uint64_t s, n, a, pg, last
+        cdef Path p
+        domain = self._domain
+        if (type(domain) is not IOTLB or not _plain_u64(iova, &s)
+                or not _plain_u64(size, &n) or not _plain_u64(pa, &a)
+                or not _plain_u64(self.page_size, &pg) or n == 0
+                or (s | n | a) & (pg - 1) or s + (n - 1) < s):
+            return _ref_iommu_map(self, iova, size, pa, perm)    # it raises, or is it
+        last = s + (n - 1)
+        prot = _IOMMU_PROT.get(perm, _PERM_NONE)                 # iommu_prot's table
+        check = self.map_prot_check
+        if check is not None:
+            check(prot, perm)
+        if (<IOTLB>domain)._find_first(s, last, &p):
+            raise IOTLBError(_EEXIST, f"iommu_map: [{s:#x}, {last:#x}] is already mapped")
+        (<IOTLB>domain)._add_range_ctx(s, last, a, <uint64_t>prot, None, "map")
+
+    def iommu_unmap(self, iova, size):
+        """``iommu_unmap(domain, iova, size)``: drops what is mapped in the range and
+        returns the bytes unmapped."""
+        cdef uint64_t s, n, pg, last, gone
+        cdef Path p
+        domain = self._domain
+        if (type(domain) is not IOTLB or not _plain_u64(iova, &s)
+                or not _plain_u64(size, &n) or not _plain_u64(self.page_size, &pg)
+                or n == 0 or (s | n) & (pg - 1) or s + (n - 1) < s):
+            return _ref_iommu_unmap(self, iova, size)
+        last = s + (n - 1)
+        if not (<IOTLB>domain)._find_first(s, last, &p):
+            return 0
+        if p.leaf.last[p.slot] < last or not (<IOTLB>domain)._is_sole(&p, last):
+            return _ref_iommu_unmap(self, iova, size)    # several mappings: the twin sums
+        gone = p.leaf.last[p.slot] - p.leaf.start[p.slot] + 1
+        ctx = (<IOTLB>domain)._delete_path(&p)
+        ctx = None                                       # released with the tree whole
+        return gone
 
 
 # ----------------------------------------------------------------------------- device

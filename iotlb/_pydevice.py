@@ -1,7 +1,8 @@
 """The device core's pure-Python twin: the same names as the compiled ``iotlb._device``.
 
-Four pieces of :mod:`iotlb.vdpa` and :mod:`iotlb.usermem` are hot on the ``write()``
-path and are therefore compiled when the engine is (``iotlb.IMPLEMENTATION``):
+Five pieces of :mod:`iotlb.vdpa`, :mod:`iotlb.usermem` and the platform-IOMMU
+parents are hot on the ``write()`` path and are therefore compiled when the engine
+is (``iotlb.IMPLEMENTATION``):
 
 * :class:`PinLedger` -- one owner's pinned runs, ``(pfn, npages, writable) -> count``
   (the page references ``pin_user_pages`` takes, counted per run, never per page);
@@ -9,13 +10,17 @@ path and are therefore compiled when the engine is (``iotlb.IMPLEMENTATION``):
   (``UserMemory.dirtied``; compiled, the same open-addressing table as the ledger);
 * :class:`MemoryCore` -- the base of :class:`iotlb.usermem.UserMemory` that holds the
   books the fast path touches (``pinned_vm``, ``dirtied_pages``, the ledgers);
+* :class:`IommuCore` -- the base of the platform-IOMMU parents: the IOMMU core's
+  ``iommu_map``/``iommu_unmap`` on the domain vhost-vdpa owns.  Here the twin's
+  functions are the reference: the compiled ones decline to them for anything but
+  plain ints and an attached domain;
 * :class:`DeviceCore` -- the base of :class:`iotlb.vdpa.VhostVdpa` whose ``write()``
   runs the common UPDATE and INVALIDATE in C.
 
 Here, the twin's ``write()`` *is* the reference path (``VhostVdpa._write``): the
 compiled one must give the same results, errno for errno, and the suite checks that it
-does (``_fast = False`` switches it off).  The bases hold no behaviour of their own in
-this twin; their attributes are set by the subclasses' ``__init__``.
+does (``_fast = False`` switches it off).  The bases' attributes are set by the
+subclasses' ``__init__``.
 
 >>> book = PinLedger()
 >>> book.pin(0x10, 4, True); book.pin(0x10, 4, True); book.pin(0x20, 1, False)
@@ -28,13 +33,14 @@ this twin; their attributes are set by the subclasses' ``__init__``.
 """
 from __future__ import annotations
 
+import errno
 from collections import Counter
 
-from ._map import u64
+from ._map import U64_MAX, Perm, u64
 from .errors import IOTLBError
 from .wire import VHOST_MSG_SIZE, _bytes_view
 
-__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "DeviceCore"]
+__all__ = ["PinLedger", "DirtyRecord", "MemoryCore", "IommuCore", "DeviceCore"]
 
 _NPAGES_MAX = (1 << 63) - 1
 
@@ -224,6 +230,108 @@ class MemoryCore:
             del refs[file]
         else:
             refs[file] = count - 1
+
+
+def iommu_prot(perm: int) -> int:
+    """``perm_to_iommu_flags`` (drivers/vhost/vdpa.c): RO → READ, WO → WRITE, RW →
+    READ|WRITE; anything else WARNs and maps with neither (returned here as
+    ``Perm.NONE``).
+
+    >>> [int(iommu_prot(p)) for p in (0, 1, 2, 3, 7)]
+    [0, 1, 2, 3, 0]
+    """
+    return _IOMMU_PROT.get(perm, _PERM_NONE)
+
+
+_IOMMU_PROT = {int(p): p for p in (Perm.RO, Perm.WO, Perm.RW)}  # a table: no enum call
+_PERM_NONE = Perm.NONE
+
+
+def _iommu_check_range(core, op: str, iova: int, size: int, pa: int = 0) -> int:
+    """The checks ``iommu_map``/``iommu_unmap`` make before touching the domain,
+    with their diagnosis: no domain ENODEV; zero size, or iova/size/pa not
+    multiples of the IOMMU page size, EINVAL (``__iommu_map``/``__iommu_unmap``:
+    "unaligned"); ``iova + size - 1`` past 2**64 - 1 EINVAL.  Returns the last
+    IOVA.  The ops test the same in one comparison chain and call this only when
+    the chain fails (this then raises; it is the authority if the two disagree).
+    """
+    if core._domain is None:
+        raise IOTLBError(errno.ENODEV, f"{op}: no IOMMU domain attached")
+    if size == 0 or (iova | size | pa) & (core.page_size - 1):
+        raise IOTLBError(errno.EINVAL,
+                         f"{op}: iova {iova:#x}, size {size:#x}, pa {pa:#x} must be "
+                         f"non-zero multiples of the IOMMU page size {core.page_size:#x}")
+    last = iova + size - 1
+    if last > U64_MAX:
+        raise IOTLBError(errno.EINVAL, f"{op}: iova {iova:#x} + size {size:#x} overflows")
+    return last
+
+
+def _iommu_map(core, iova: int, size: int, pa: int, perm: int) -> None:
+    """``iommu_map(domain, iova, pa, size, perm_to_iommu_flags(perm))`` on the
+    domain of ``core`` (:class:`IommuCore`): unaligned or zero size is EINVAL, an
+    already-mapped IOVA EEXIST, no domain ENODEV; ``core.map_prot_check(prot,
+    perm)``, when set, runs after the range checks and before the overlap check."""
+    domain = core._domain
+    if domain is None or not size or (iova | size | pa) & (core.page_size - 1) \
+            or (last := iova + size - 1) > U64_MAX:
+        last = core._check_range("iommu_map", iova, size, pa)       # raises
+    prot = iommu_prot(perm)
+    check = core.map_prot_check
+    if check is not None:
+        check(prot, perm)
+    if domain.first(iova, last) is not None:
+        raise IOTLBError(errno.EEXIST, f"iommu_map: [{iova:#x}, {last:#x}] is already mapped")
+    domain.map(iova, last, pa, prot)
+
+
+def _iommu_unmap(core, iova: int, size: int) -> int:
+    """``iommu_unmap(domain, iova, size)`` on the domain of ``core``: drops what is
+    mapped in the range and returns the bytes unmapped.  vhost-vdpa always unmaps
+    whole chunks it mapped, so the model removes whole mappings."""
+    domain = core._domain
+    if domain is None or not size or (iova | size) & (core.page_size - 1) \
+            or (last := iova + size - 1) > U64_MAX:
+        last = core._check_range("iommu_unmap", iova, size)          # raises
+    m = domain.first(iova, last)
+    if m is None:
+        return 0                                 # nothing mapped there
+    if m[1] >= last:
+        # the domain's mappings never overlap (iommu_map refuses an overlap with
+        # EEXIST), so the lowest one, reaching past ``last``, is the only one
+        gone = m[1] - m[0] + 1                   # Map: (start, last, ...)
+    else:
+        gone = 0
+        for m in domain.overlapping(iova, last):
+            gone += m[1] - m[0] + 1
+    domain.unmap(iova, last)
+    return gone
+
+
+class IommuCore:
+    """The base of the platform-IOMMU parents
+    (:class:`iotlb_backends.platform_iommu.PlatformIommu`): the IOMMU core's
+    ``iommu_map``/``iommu_unmap`` (drivers/iommu/iommu.c) on the domain vhost-vdpa
+    owns, ``_domain`` (an :class:`iotlb.IOTLB`, or None when none is attached), with
+    pages of ``page_size`` bytes (a power of two), both set by the subclass.
+    ``map_prot_check``: the IOMMU driver's own refusal of a protection, or None.
+
+    The compiled ``iotlb._device.IommuCore`` gives the same answers in C for plain
+    ints and an attached domain, and declines to these functions otherwise.
+    """
+
+    __slots__ = ()
+
+    #: The IOMMU driver's own refusal of a mapping's protection, called by
+    #: :meth:`iommu_map` as ``map_prot_check(prot, perm)`` -- ``prot`` the IOMMU flags
+    #: (:func:`iommu_prot`), ``perm`` vhost's, for the message -- after the range
+    #: checks and before the overlap check (None: the generic domain refuses none;
+    #: VT-d: :func:`~iotlb_backends.vp_vdpa.intel_map_prot_check`).
+    map_prot_check = None
+
+    _check_range = _iommu_check_range
+    iommu_map = _iommu_map
+    iommu_unmap = _iommu_unmap
 
 
 class DeviceCore:

@@ -36,9 +36,15 @@ import sys
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
-from . import IOTLB, U64_MAX, IOTLBError, Perm
+from . import IMPLEMENTATION, IOTLB, U64_MAX, IOTLBError, Perm
+from ._pydevice import iommu_prot
 from .kernels import KernelProfile, kernel_profile
 from .wire import BackendFeature
+
+if IMPLEMENTATION == "cython":
+    from ._device import IommuCore
+else:
+    from ._pydevice import IommuCore
 
 __all__ = [
     "Backend", "ENTRY_POINT_GROUP", "VDPA_RESET_F_CLEAN_MAP",
@@ -50,7 +56,7 @@ __all__ = [
     "load_backend", "available_backends", "broken_backends", "refresh",
     "register", "unregister", "duplicate_backends", "matrix_variants",
     "identity_iotlb", "copy_iotlb", "is_identity", "mapping_style", "has_persistent_map", "NULLABLE_OPS",
-    "present_ops", "validate_backend",
+    "present_ops", "validate_backend", "IommuCore", "iommu_prot",
 ]
 
 log = logging.getLogger(__name__)

@@ -319,3 +319,111 @@ def test_iommu_range_chain_agrees_with_check_range(cls, iova, size, pa):
         assert want is None
         assert [(m.start, m.last) for m in d.device_iotlb(0)] == [(iova, last)]
         assert d.iommu_unmap(iova, size) == size
+
+
+# ----------------------------------------------------------------------------- IommuCore
+def _iommu_pair():
+    """The compiled IommuCore and the twin's (the reference it declines to), each as
+    a bare subclass with an attached domain."""
+    pytest.importorskip("iotlb._device")
+    if iotlb.IMPLEMENTATION != "cython":
+        pytest.skip("the compiled IommuCore is the compiled build's")
+    from iotlb._device import IommuCore as Compiled
+    from iotlb._pydevice import IommuCore as Twin
+
+    class C(Compiled):
+        pass
+
+    class T(Twin):
+        pass
+
+    pair = (C(), T())
+    for core in pair:
+        core._domain = iotlb.IOTLB()
+        core.page_size = PAGE
+    return pair
+
+
+def _outcome(call):
+    try:
+        return ("ok", call())
+    except Exception as exc:                 # noqa: BLE001 -- compared, not hidden
+        return (type(exc).__name__, getattr(exc, "errno", None), str(exc))
+
+
+def _odd_value(rnd, page):
+    # aligned and unaligned values, int subclasses, negatives, past 2**64, non-ints
+    return rnd.choice([
+        rnd.randrange(0, 48) * page, rnd.randrange(0, 48) * page + rnd.randrange(page),
+        0, page, 2 * page, iotlb.U64_MAX - page + 1, iotlb.U64_MAX, 1 << 64, -page,
+        True, Perm.RW, 4096.0, None, "0x1000", iotlb.U64_MAX - 2 * page + 1])
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_compiled_iommu_core_answers_as_the_twin(seed):
+    """Random iommu_map / iommu_unmap, with odd arguments, page sizes, a domain that
+    comes and goes, mappings that overlap (added to the domain directly) and a
+    map_prot_check that refuses: the compiled ops return and raise exactly what the
+    twin's do (type, errno, message), and leave the same domain."""
+    rnd = random.Random(seed)
+    pair = _iommu_pair()
+
+    def refuse_write(prot, perm):
+        if prot & Perm.WO and perm == 2:
+            raise IOTLBError(errno.EINVAL, f"refused {int(prot)} {perm}")
+
+    for step in range(1500):
+        r = rnd.random()
+        if r < 0.02:
+            page = rnd.choice([PAGE, 1, 2, 0x10000, 0, True, 4096.0, -PAGE])
+            for core in pair:
+                core.page_size = page
+        elif r < 0.04:
+            fresh = rnd.random() < 0.7
+            for core in pair:
+                core._domain = iotlb.IOTLB() if fresh else None
+        elif r < 0.06:
+            check = rnd.choice([None, refuse_write])
+            for core in pair:
+                type(core).map_prot_check = None if check is None else staticmethod(check)
+        elif r < 0.10 and pair[0]._domain is not None:
+            s = rnd.randrange(0, 48) * PAGE
+            l = s + rnd.randrange(1, 6) * PAGE - 1     # may overlap: only here
+            for core in pair:
+                core._domain.map(s, l, s, 3)
+        elif r < 0.55:
+            page = pair[0].page_size if type(pair[0].page_size) is int and pair[0].page_size > 0 else PAGE
+            args = [_odd_value(rnd, page) if rnd.random() < 0.2
+                    else rnd.randrange(0, 48) * page for _ in range(3)]
+            if rnd.random() < 0.8:
+                args[1] = rnd.randrange(1, 4) * page
+            perm = rnd.choice([1, 2, 3, 0, 7, Perm.RO, True, -1, None, 1 << 70])
+            got = [_outcome(lambda c=core: c.iommu_map(*args, perm)) for core in pair]
+            assert got[0] == got[1], (step, args, perm)
+        else:
+            page = pair[0].page_size if type(pair[0].page_size) is int and pair[0].page_size > 0 else PAGE
+            iova = (_odd_value(rnd, page) if rnd.random() < 0.2
+                    else rnd.randrange(0, 48) * page)
+            size = (_odd_value(rnd, page) if rnd.random() < 0.2
+                    else rnd.randrange(1, 8) * page)
+            got = [_outcome(lambda c=core: c.iommu_unmap(iova, size)) for core in pair]
+            assert got[0] == got[1], (step, iova, size)
+            if got[0][0] == "ok":
+                assert type(got[0][1]) is int
+        doms = [c._domain for c in pair]
+        assert (doms[0] is None) == (doms[1] is None)
+        if doms[0] is not None:
+            assert list(doms[0]) == list(doms[1]), step
+            doms[0]._check()
+
+
+def test_compiled_iommu_core_declines_for_a_domain_of_another_type():
+    """A domain that is not the compiled IOTLB (here the pure twin's) goes through
+    the twin's code: same answers, on that domain."""
+    from iotlb._pyengine import IOTLB as PyIOTLB
+    c, t = _iommu_pair()
+    for core in (c, t):
+        core._domain = PyIOTLB()
+        core.iommu_map(PAGE, 2 * PAGE, 0, 3)
+        assert core.iommu_unmap(PAGE, PAGE) == 2 * PAGE
+        assert len(core._domain) == 0

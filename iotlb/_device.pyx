@@ -56,7 +56,8 @@ from collections import Counter
 from errno import EEXIST as _EEXIST
 
 from ._map import u64 as _py_u64
-from ._pydevice import _IOMMU_PROT, _PERM_NONE
+from ._pydevice import _IOMMU_PROT as _py_iommu_prot_table
+from ._pydevice import _PERM_NONE
 from ._pydevice import _iommu_check_range as _ref_iommu_check_range
 from ._pydevice import _iommu_map as _ref_iommu_map
 from ._pydevice import _iommu_unmap as _ref_iommu_unmap
@@ -620,6 +621,10 @@ cdef inline bint _plain_u64(object v, uint64_t *out) noexcept:
         PyErr_Clear()
         return False
     return True
+
+
+#: iommu_prot's table (perm -> Perm), typed so that .get is the dict C call
+cdef dict _IOMMU_PROT = _py_iommu_prot_table
 
 
 cdef class IommuCore:

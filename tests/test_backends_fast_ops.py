@@ -8,7 +8,9 @@ replaced, checked against it.
 * mlx5: ``kernel in PER_ASID_MR`` set by ``_apply_kernel``, any iterable of Map
   as a ``set_map`` source, the DMA MR's identity;
 * the compiled device core: the dirty record and the file references through the
-  dict C API.
+  dict C API;
+* the compiled ``IommuCore`` (the platform parents' base): the same returns, errors
+  and domains as the twin's functions, which it declines to for odd input.
 """
 from __future__ import annotations
 

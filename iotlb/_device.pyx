@@ -661,7 +661,7 @@ cdef class IommuCore:
                 or not _plain_u64(size, &n) or not _plain_u64(pa, &a)
                 or not _plain_u64(self.page_size, &pg) or n == 0
                 or (s | n | a) & (pg - 1) or s + (n - 1) < s):
-            return _ref_iommu_map(self, iova, size, pa, perm)    # it raises, or is it
+            return _ref_iommu_map(self, iova, size, pa, perm)    # the reference decides
         last = s + (n - 1)
         prot = _IOMMU_PROT.get(perm, _PERM_NONE)                 # iommu_prot's table
         check = self.map_prot_check
